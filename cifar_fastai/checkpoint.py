@@ -1,0 +1,70 @@
+"A complete checkpoint after every epoch, written atomically, and the restore that resumes a run from it"
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from fastai.callback.core import Callback
+
+from cifar_fastai.io import atomic_save
+
+__all__ = ['CHECKPOINT', 'Checkpoint', 'rng_state', 'set_rng_state', 'load_checkpoint', 'restore_checkpoint']
+
+CHECKPOINT = 'checkpoint.pth'
+
+
+def _aug_generators(learn) -> list:
+    return [g for t in learn.dls.train.after_item.fs if hasattr(t, 'generators') for g in t.generators()]
+
+
+def rng_state(learn) -> dict:
+    "Every random state the next epoch draws from: Python, numpy, torch, the shuffle, the augmentations"
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    gens = _aug_generators(learn)
+    return {'python': random.getstate(), 'numpy': (kind, torch.from_numpy(keys.copy()), pos, has_gauss, gauss),
+            'torch': torch.get_rng_state(), 'shuffle': learn.dls.train.rng.getstate(),
+            'augs': [g.getstate() if isinstance(g, random.Random) else g.bit_generator.state for g in gens]}
+
+
+def set_rng_state(learn, state: dict):
+    "Put back the random states saved by `rng_state`"
+    random.setstate(state['python'])
+    kind, keys, pos, has_gauss, gauss = state['numpy']
+    np.random.set_state((kind, keys.numpy(), pos, has_gauss, gauss))
+    torch.set_rng_state(state['torch'])
+    learn.dls.train.rng.setstate(state['shuffle'])
+    for g, s in zip(_aug_generators(learn), state['augs'], strict=True):
+        if isinstance(g, random.Random): g.setstate(s)
+        else: g.bit_generator.state = s
+
+
+class Checkpoint(Callback):
+    "After each epoch, save model, optimizer, plateau state, random states and metrics to `path`/checkpoint.pth"
+    order = 70  # after the epoch's record (55) and the plateau decision (60)
+
+    def __init__(self, path: Path): self.path = Path(path)
+
+    def after_epoch(self):
+        rows = self.learn.epoch_record.rows
+        if not rows or rows[-1]['epoch'] != self.epoch + 1: return  # an epoch skipped on resume: nothing new
+        atomic_save({'epoch': len(rows), 'model': self.model.state_dict(), 'opt': self.opt.state_dict(),
+                     'plateau': self.learn.reduce_lr_on_plateau.state_dict(), 'rng': rng_state(self.learn),
+                     'rows': rows}, self.path / CHECKPOINT)
+
+
+def load_checkpoint(run: Path) -> dict:
+    "The last complete checkpoint of `run`, loaded without running code from the file"
+    path = Path(run) / CHECKPOINT
+    if not path.exists(): raise FileNotFoundError(f"{path} does not exist: {run} has no completed epoch to resume from")
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def restore_checkpoint(learn, state: dict) -> int:
+    "Load `state` into `learn` (weights, optimizer, plateau, metrics, random states); return the epochs done"
+    learn.model.load_state_dict(state['model'])
+    if learn.opt is None: learn.create_opt()
+    learn.opt.load_state_dict(state['opt'])
+    learn.reduce_lr_on_plateau.load_state_dict(state['plateau'])
+    learn.epoch_record.rows = list(state['rows'])
+    set_rng_state(learn, state['rng'])
+    return state['epoch']

@@ -1,0 +1,133 @@
+"The `cifar-fastai` command line: it parses arguments and calls the library, nothing more"
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+__all__ = ['main', 'parser']
+
+
+def _positive_float_or_find(text: str):
+    if text == 'find': return text
+    try: return float(text)
+    except ValueError: raise argparse.ArgumentTypeError(f"expected a number or 'find', got {text!r}") from None
+
+
+def _train_options(p: argparse.ArgumentParser):
+    from cifar_fastai.precision import PRECISIONS
+    from cifar_fastai.run import SCHEDULES, RunConfig
+    d = RunConfig()
+    p.add_argument('--data', help="CIFAR-10 folder (batches or class folders), 'sample' or 'cifar10' (download); "
+                                  "default: full CIFAR-10 from $CIFAR10_DIR, fastai's data folder or ./data, else the bundled sample")
+    p.add_argument('--bs', type=int, default=d.bs, help='batch size (default %(default)s)')
+    p.add_argument('--lr', type=_positive_float_or_find, default=d.lr, help="learning rate, or 'find' for lr_find's suggestion (default)")
+    p.add_argument('--momentum', type=float, default=d.momentum, help='SGD momentum (default %(default)s)')
+    p.add_argument('--wd', type=float, default=d.wd, help='weight decay (default %(default)s)')
+    p.add_argument('--wd-mode', default=d.wd_mode, help="'l2' (added to the gradient, default) or 'decoupled'")
+    p.add_argument('--pad', type=int, default=d.pad, help='reflect padding before the random crop, 0 for none (default %(default)s)')
+    p.add_argument('--no-flip', dest='flip', action='store_false', help='no random horizontal flip')
+    p.add_argument('--cutout', type=int, default=d.cutout, help='side of the cutout hole in pixels, 0 for none (default %(default)s)')
+    p.add_argument('--cutout-p', type=float, default=d.cutout_p, help='probability of the cutout (default %(default)s)')
+    p.add_argument('--precision', default=d.precision, help=f"one of {', '.join(PRECISIONS)} (default %(default)s)")
+    p.add_argument('--no-channels-last', dest='channels_last', action='store_false', help='keep the default memory layout')
+    p.add_argument('--seed', type=int, default=d.seed, help='random seed (default %(default)s)')
+    p.add_argument('--workers', type=int, default=d.workers, help='data loader processes (default: 0 on CPU)')
+    p.add_argument('--skip-bad', action='store_true', help='skip unreadable or wrongly sized images, and say how many')
+    p.add_argument('--out', type=Path, help='run folder (default runs/<date-time>)')
+    return p
+
+
+def parser() -> argparse.ArgumentParser:
+    from cifar_fastai.run import SCHEDULES, RunConfig
+    d = RunConfig()
+    top = argparse.ArgumentParser(prog='cifar-fastai', description='Train and explain a CIFAR-10 ResNet18 with fastai')
+    sub = top.add_subparsers(dest='command', required=True)
+    t = _train_options(sub.add_parser('train', help='train a ResNet18 and write a run folder'))
+    t.add_argument('--epochs', type=int, default=d.epochs, help='epochs (default %(default)s, as the reference reports)')
+    t.add_argument('--schedule', default=d.schedule, help=f"one of {', '.join(SCHEDULES)} (default %(default)s)")
+    for name, kind in (('factor', float), ('patience', int), ('threshold', float), ('cooldown', int), ('min_lr', float)):
+        t.add_argument(f"--plateau-{name.replace('_', '-')}", dest=f'plateau_{name}', type=kind, default=getattr(d, f'plateau_{name}'),
+                       help=f"ReduceLROnPlateau {name} (default %(default)s)")
+    t.add_argument('--no-interpret', dest='interpret', action='store_false', help='skip the pictures and report at the end')
+    t.add_argument('--resume', type=Path, metavar='RUN', help='continue run folder RUN from its last complete epoch')
+    _train_options(sub.add_parser('lr-find', help='run only the learning-rate range test'))
+    for name, text in (('evaluate', 'print test accuracy overall and per class'),
+                       ('interpret', 'write the interpretation pictures and report into the run folder'),
+                       ('gradcam', 'write the GradCAM grid of misclassified test images into the run folder')):
+        p = sub.add_parser(name, help=text)
+        p.add_argument('run', type=Path, help='a run folder written by `cifar-fastai train`')
+        p.add_argument('--data', help='read the test images from here instead of the run\'s data source')
+    return top
+
+
+def _config(args):
+    from cifar_fastai.run import RunConfig
+    names = set(RunConfig.__dataclass_fields__)
+    return RunConfig.from_dict({k: v for k, v in vars(args).items() if k in names})
+
+
+def _default_out() -> Path: return Path('runs') / time.strftime('%Y%m%d-%H%M%S')
+
+
+def _sigterm(signum, frame): raise KeyboardInterrupt  # end like Ctrl-C: the last complete epoch is kept
+
+
+def _train(args):
+    from cifar_fastai.run import read_config, train
+    out = args.resume or args.out or _default_out()
+    if args.resume: read_config(args.resume)  # fail before loading data if it is not a run
+    try: learn = train(_config(args), out, resume=bool(args.resume))
+    except KeyboardInterrupt:
+        sys.exit(f"\nInterrupted. {out} keeps every complete epoch; continue with: cifar-fastai train --resume {out}")
+    print(f"Run folder: {out}")
+    if read_config(out)['interpret']: _interpret(learn, out)
+
+
+def _interpret(learn, run):
+    from cifar_fastai.report import interpret_run
+    for path in interpret_run(learn, run): print(f"wrote {path}")
+
+
+def _lr_find(args):
+    from cifar_fastai.run import find_lr, run_dls, run_learner
+    from cifar_fastai.io import ensure_writable_dir
+    out = ensure_writable_dir(args.out or _default_out())
+    config = _config(args).check()
+    learn = run_learner(run_dls(config), config, out)
+    lr = find_lr(learn, out / 'lr_find.png')
+    (out / 'lr_find.json').write_text(json.dumps({'valley': lr}))
+    print(f"lr_find suggests {lr:.3g} (valley); plot in {out / 'lr_find.png'}")
+
+
+def _evaluate(args):
+    from cifar_fastai.evaluate import format_accuracy, load_run, predict
+    print(format_accuracy(predict(load_run(args.run, args.data))))
+
+
+def _run_command(args, name):
+    from cifar_fastai.evaluate import load_run
+    from cifar_fastai import report
+    for path in getattr(report, f'{name}_run')(load_run(args.run, args.data), args.run): print(f"wrote {path}")
+
+
+def main(argv=None):
+    "Entry point of `cifar-fastai`"
+    from cifar_fastai.callbacks import NonFiniteLossError
+    from cifar_fastai.data import Cifar10Error
+    from cifar_fastai.run import ConfigError
+    p = parser()
+    args = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, _sigterm)
+    commands = {'train': _train, 'lr-find': _lr_find, 'evaluate': _evaluate,
+                'interpret': lambda a: _run_command(a, 'interpret'), 'gradcam': lambda a: _run_command(a, 'gradcam')}
+    try:
+        if args.command in ('train', 'lr-find') and not getattr(args, 'resume', None): _config(args).check()
+        commands[args.command](args)
+    except ConfigError as e: p.error(str(e))
+    except (Cifar10Error, NonFiniteLossError, OSError) as e: sys.exit(f"cifar-fastai: error: {e}")
+
+
+if __name__ == '__main__':
+    main()

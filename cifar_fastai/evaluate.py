@@ -1,0 +1,54 @@
+"Test-set predictions computed once, overall and per-class accuracy, and reloading a run's trained weights"
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from fastai.learner import Learner
+
+from cifar_fastai.run import WEIGHTS, RunConfig, read_config, run_dls, run_learner
+
+__all__ = ['Predictions', 'predict', 'class_accuracy', 'format_accuracy', 'load_run']
+
+
+@dataclass
+class Predictions:
+    "Probabilities, targets and predicted classes for every image of a split, in loader order"
+    probs: torch.Tensor    # (N, n_classes) float
+    targets: torch.Tensor  # (N,) int64
+    classes: list
+
+    @property
+    def preds(self) -> torch.Tensor: return self.probs.argmax(dim=1)
+    @property
+    def accuracy(self) -> float: return (self.preds == self.targets).float().mean().item()
+
+
+def predict(learn: Learner, ds_idx: int = 1) -> Predictions:
+    "Predict every image of split `ds_idx` (1: the test set) once, without augmentation or shuffling"
+    probs, targets = learn.get_preds(ds_idx=ds_idx)
+    return Predictions(probs.float(), targets.long(), list(learn.dls.vocab))
+
+
+def class_accuracy(p: Predictions) -> dict:
+    "Accuracy of each class in `p`, keyed by class name, in class order"
+    preds = p.preds
+    return {c: (preds[p.targets == i] == i).float().mean().item() if (p.targets == i).any() else float('nan')
+            for i, c in enumerate(p.classes)}
+
+
+def format_accuracy(p: Predictions) -> str:
+    "The per-class accuracy table of the reference reports, then the overall accuracy"
+    lines = [f"Accuracy of {c:>10s} : {100 * a:6.2f} %" for c, a in class_accuracy(p).items()]
+    return '\n'.join(lines + [f"Accuracy on the {len(p.targets)} test images: {100 * p.accuracy:.2f} %"])
+
+
+def load_run(run, data=None) -> Learner:
+    "A `Learner` with the trained weights of run folder `run` (a plain `state_dict`, loaded with `weights_only`)"
+    run = Path(run)
+    config = RunConfig.from_dict(read_config(run))
+    if data is not None: config.data = data
+    learn = run_learner(run_dls(config), config, run)
+    weights = run / WEIGHTS
+    if not weights.is_file(): raise FileNotFoundError(f"{weights} does not exist: the run has not finished training")
+    learn.model.load_state_dict(torch.load(weights, map_location=learn.dls.device, weights_only=True))
+    return learn

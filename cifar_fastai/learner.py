@@ -1,0 +1,35 @@
+"A fastai `Learner` for CIFAR-10: the CIFAR ResNet18, SGD with momentum, L2 or decoupled weight decay"
+from functools import partial
+
+import torch
+from fastai.learner import Learner
+from fastai.losses import CrossEntropyLossFlat
+from fastai.metrics import accuracy
+from fastai.optimizer import SGD
+
+from cifar_fastai.callbacks import EpochRecord, ReduceLROnPlateau, StopOnNonFinite
+from cifar_fastai.models import resnet18
+from cifar_fastai.precision import DTYPES, Autocast, ChannelsLast, resolve_precision
+
+__all__ = ['WD_MODES', 'cifar_learner']
+
+WD_MODES = ('l2', 'decoupled')
+
+
+def cifar_learner(dls, model=None, lr: float = 0.05, momentum: float = 0.9, wd: float = 5e-4, wd_mode: str = 'l2',
+                  precision: str = 'auto', channels_last: bool = True, plateau: ReduceLROnPlateau | dict | None = None,
+                  cbs=None, **kwargs) -> Learner:
+    "A `Learner` training `model` (default the CIFAR `resnet18`) with SGD + momentum and ReduceLROnPlateau on test loss"
+    if wd_mode not in WD_MODES: raise ValueError(f"`wd_mode` must be one of {WD_MODES}, got {wd_mode!r}")
+    if not lr > 0: raise ValueError(f"`lr` must be a positive number, got {lr!r}")
+    model = resnet18(n_out=len(dls.vocab)) if model is None else model
+    opt_func = partial(SGD, mom=momentum, decouple_wd=wd_mode == 'decoupled')  # 'l2': wd * weight added to the gradient
+    plateau = ReduceLROnPlateau(**plateau) if isinstance(plateau, dict) else (plateau or ReduceLROnPlateau())
+    precision = resolve_precision(precision, dls.device)
+    extra = [StopOnNonFinite(), EpochRecord(), plateau] + ([Autocast(DTYPES[precision])] if precision in DTYPES else [])
+    extra += [ChannelsLast()] if channels_last else []
+    learn = Learner(dls, model.to(dls.device), loss_func=CrossEntropyLossFlat(), opt_func=opt_func, lr=lr, wd=wd,
+                    metrics=accuracy, cbs=extra + list(cbs or []), **kwargs)
+    learn.recorder.train_metrics = True  # training accuracy per epoch, as the reference reports plotted
+    learn.precision = precision
+    return learn

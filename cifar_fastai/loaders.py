@@ -1,0 +1,63 @@
+"fastai `DataLoaders` over CIFAR-10 held in memory: train = the train split, valid = the test split"
+from pathlib import Path
+
+import numpy as np
+import torch
+from fastai.data.core import Datasets, DataLoaders
+from fastai.data.transforms import Categorize, IntToFloatTensor, Normalize
+from fastai.torch_core import TensorImage, default_device, set_seed
+from fastai.vision.core import PILImage
+from fasttransform import Transform
+
+from cifar_fastai.data import Cifar10, read_cifar10
+from cifar_fastai.transforms import CIFAR10_MEAN, CIFAR10_STD, AlbumentationsTransform, cifar_augs
+
+__all__ = ['ArrayImage', 'ArrayLabel', 'cifar_dls', 'default_workers']
+
+
+class ArrayImage(Transform):
+    "Item `i` of the in-memory `images` as a (3, H, W) uint8 `TensorImage`; also takes an image, array or file"
+    def __init__(self, images: np.ndarray | None = None): self.images = images
+
+    def encodes(self, i: int) -> TensorImage: return self.encodes(self.images[i])
+    def encodes(self, arr: np.ndarray) -> TensorImage: return TensorImage(torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1))
+    def encodes(self, img: PILImage) -> TensorImage: return self.encodes(np.asarray(img.convert('RGB')))
+    def encodes(self, fn: Path | str) -> TensorImage: return self.encodes(PILImage.create(fn))
+
+    def __getstate__(self):  # `learn.export` keeps the pipeline, not 180 MB of pixels
+        return {**self.__dict__, 'images': None}
+
+
+class ArrayLabel(Transform):
+    "Class name of item `i` from the in-memory integer `labels`"
+    def __init__(self, labels: np.ndarray | None = None, classes=()): self.labels, self.classes = labels, list(classes)
+    def encodes(self, i: int) -> str: return self.classes[self.labels[i]]
+    def __getstate__(self): return {**self.__dict__, 'labels': None}
+
+
+def default_workers(device: torch.device) -> int:
+    "Loader processes: none on CPU, where they compete with the model for cores; a few beside a GPU"
+    import os
+    return 0 if device.type == 'cpu' else min(8, os.cpu_count() or 1)
+
+
+def cifar_dls(source=None, bs: int = 128, augs='default', valid_augs=None, seed: int | None = None,
+              num_workers: int | None = None, device=None, val_bs: int | None = None, **kwargs) -> DataLoaders:
+    "CIFAR-10 `DataLoaders` from `source` (a path, 'sample', 'cifar10', a `Cifar10` or None to search)"
+    if not isinstance(bs, int) or bs < 1: raise ValueError(f"`bs` must be a whole number >= 1, got {bs!r}")
+    data = source if isinstance(source, Cifar10) else read_cifar10(source)
+    device = torch.device(device) if device is not None else default_device()
+    if seed is not None: set_seed(seed)
+    n_train, n_test = len(data.train_y), len(data.test_y)
+    images = np.concatenate([data.train_x, data.test_x])
+    labels = np.concatenate([data.train_y, data.test_y])
+    splits = (list(range(n_train)), list(range(n_train, n_train + n_test)))
+    tfms = [[ArrayImage(images)], [ArrayLabel(labels, data.classes), Categorize(vocab=data.classes, sort=False)]]
+    dsets = Datasets(list(range(n_train + n_test)), tfms, splits=splits)
+    aug = AlbumentationsTransform(cifar_augs() if augs == 'default' else augs, valid_augs, seed=seed)
+    stats = [torch.tensor(s, device=device).view(1, 3, 1, 1) for s in (CIFAR10_MEAN, CIFAR10_STD)]
+    workers = default_workers(device) if num_workers is None else num_workers
+    dls = dsets.dataloaders(bs=bs, val_bs=val_bs or 2 * bs, after_item=[aug], device=device, num_workers=workers,
+                            after_batch=[IntToFloatTensor(), Normalize(*stats)], **kwargs)
+    dls.data = data  # the arrays and class names, for interpretation
+    return dls

@@ -1,0 +1,70 @@
+"Mixed precision and memory layout on any device: bf16 autocast on CPU, fp16/bf16 on CUDA, channels_last"
+import torch
+from fastai.callback.core import Callback, CancelStepException
+from fastai.torch_core import to_float
+
+__all__ = ['PRECISIONS', 'resolve_precision', 'cpu_has_bf16', 'Autocast', 'ChannelsLast']
+
+PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
+DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+
+def cpu_has_bf16() -> bool:
+    "Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), so that autocast pays"
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def resolve_precision(precision: str, device) -> str:
+    "The precision `auto` stands for on `device`: bf16/fp16 mixed precision where the hardware has it, else fp32"
+    if precision not in PRECISIONS: raise ValueError(f"Unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision != 'auto': return precision
+    device = torch.device(device)
+    if device.type == 'cuda': return 'bf16' if torch.cuda.is_bf16_supported() else 'fp16'
+    return 'bf16' if device.type == 'cpu' and cpu_has_bf16() else 'fp32'
+
+
+class Autocast(Callback):
+    "Forward pass and loss under `torch.autocast` on the model's device; loss and metrics in fp32, fp16 with a `GradScaler`"
+    order = 10  # as fastai's `MixedPrecision`, which autocasts on CUDA only
+
+    def __init__(self, dtype: torch.dtype = torch.bfloat16): self.dtype, self.ctx = dtype, None
+
+    def before_fit(self):
+        self.device_type = next(self.model.parameters()).device.type
+        self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.dtype == torch.float16)
+
+    def before_batch(self):
+        self.ctx = torch.autocast(self.device_type, dtype=self.dtype)
+        self.ctx.__enter__()
+
+    def after_pred(self): self.learn.pred = to_float(self.pred)
+    def after_loss(self): self._exit()
+    def after_cancel_batch(self): self._exit()
+    def after_fit(self): self._exit()
+
+    def _exit(self):
+        if self.ctx is not None: self.ctx.__exit__(None, None, None)
+        self.ctx = None
+
+    def before_backward(self): self.learn.loss_grad = self.scaler.scale(self.loss_grad)
+
+    def before_step(self):
+        if not self.scaler.is_enabled(): return
+        self.skipped = True
+        self.scaler.step(self)  # calls `self.step` below unless the gradients overflowed
+        self.scaler.update()
+        if self.skipped: raise CancelStepException()
+
+    @property
+    def param_groups(self): return self.opt.param_groups  # `GradScaler` unscales these, then calls `step`
+    def step(self, *args, **kwargs): self.skipped = False
+
+
+class ChannelsLast(Callback):
+    "Model and input batches in channels_last memory format (faster convolutions with oneDNN and tensor cores)"
+    order = -1
+
+    def before_fit(self): self.learn.model.to(memory_format=torch.channels_last)
+
+    def before_batch(self):
+        self.learn.xb = tuple(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x for x in self.xb)

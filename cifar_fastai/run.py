@@ -1,0 +1,160 @@
+"A training run as a folder: configuration, learning-rate finder, fit with checkpoints, weights, export"
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import fastai
+import torch
+from fastai.learner import Learner
+
+from cifar_fastai.checkpoint import CHECKPOINT, Checkpoint, load_checkpoint, restore_checkpoint
+from cifar_fastai.io import atomic_save, atomic_write, ensure_writable_dir
+from cifar_fastai.learner import WD_MODES, cifar_learner
+from cifar_fastai.loaders import cifar_dls
+from cifar_fastai.precision import PRECISIONS
+from cifar_fastai.transforms import cifar_augs
+
+__all__ = ['SCHEDULES', 'RunConfig', 'ConfigError', 'train', 'find_lr', 'run_dls', 'run_learner', 'read_config']
+
+SCHEDULES = ('plateau', 'one-cycle')
+CONFIG, METRICS, WEIGHTS, EXPORT, LR_PLOT = 'config.json', 'metrics.csv', 'model.pth', 'export.pkl', 'lr_find.png'
+
+
+class ConfigError(ValueError):
+    "An option of a run is out of range"
+
+
+@dataclass
+class RunConfig:
+    "Every option of a training run, as written to `config.json`"
+    data: str | None = None         # path, 'sample', 'cifar10', or None: full CIFAR-10 if found, else the sample
+    epochs: int = 50                # as the reference reports
+    bs: int = 128
+    lr: float | str = 'find'        # a number, or 'find' for the valley of `lr_find`
+    momentum: float = 0.9
+    wd: float = 5e-4
+    wd_mode: str = 'l2'             # 'l2': added to the gradient, as the reports; or 'decoupled'
+    schedule: str = 'plateau'       # ReduceLROnPlateau on test loss, or fastai's 'one-cycle'
+    plateau_factor: float = 0.1     # torch's ReduceLROnPlateau defaults
+    plateau_patience: int = 10
+    plateau_threshold: float = 1e-4
+    plateau_cooldown: int = 0
+    plateau_min_lr: float = 0.
+    pad: int = 4                    # pixels of reflection padding before the random 32x32 crop; 0: no crop
+    flip: bool = True
+    cutout: int = 16                # side of the square hole in pixels; 0: no cutout
+    cutout_p: float = 0.5
+    precision: str = 'auto'
+    channels_last: bool = True
+    seed: int | None = 42
+    workers: int | None = None      # loader processes; None: 0 on CPU, a few beside a GPU
+    skip_bad: bool = False
+    interpret: bool = True          # write the pictures and report.md at the end
+
+    def check(self) -> 'RunConfig':
+        "Raise `ConfigError` naming the first option out of range"
+        for name in ('epochs', 'bs'):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise ConfigError(f"--{name} must be a whole number >= 1, got {v!r}")
+        if self.lr != 'find' and not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ConfigError(f"--lr must be a positive number or 'find', got {self.lr!r}")
+        for name, allowed in (('precision', PRECISIONS), ('schedule', SCHEDULES), ('wd_mode', WD_MODES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name in ('momentum', 'wd', 'cutout_p', 'plateau_min_lr'):
+            if getattr(self, name) < 0: raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)!r}")
+        if not 0 < self.plateau_factor < 1: raise ConfigError(f"--plateau-factor must be in (0, 1), got {self.plateau_factor!r}")
+        return self
+
+    @classmethod
+    def from_dict(cls, d: dict) -> 'RunConfig':
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def read_config(run) -> dict:
+    "The `config.json` of run folder `run`, or an error saying it is not a run"
+    path = Path(run) / CONFIG
+    if not path.is_file(): raise ConfigError(f"{run} is not a run folder: it has no {CONFIG}")
+    return json.loads(path.read_text())
+
+
+def run_dls(config: RunConfig, **kwargs):
+    "The `DataLoaders` of `config`: its data, batch size, augmentation and seed"
+    augs = cifar_augs(pad=config.pad, flip=config.flip, cutout=config.cutout, cutout_p=config.cutout_p)
+    return cifar_dls(config.data, bs=config.bs, augs=augs, seed=config.seed, num_workers=config.workers, **kwargs)
+
+
+def run_learner(dls, config: RunConfig, path: Path) -> Learner:
+    "The `Learner` of `config`, keeping its files in `path`"
+    plateau = dict(factor=config.plateau_factor, patience=config.plateau_patience, threshold=config.plateau_threshold,
+                   cooldown=config.plateau_cooldown, min_lr=config.plateau_min_lr)
+    lr = config.lr if config.lr != 'find' else 0.01  # replaced by the finder's suggestion before fitting
+    return cifar_learner(dls, lr=lr, momentum=config.momentum, wd=config.wd, wd_mode=config.wd_mode,
+                         precision=config.precision, channels_last=config.channels_last, plateau=plateau,
+                         path=path, model_dir='.')
+
+
+def find_lr(learn: Learner, plot_path: Path | None = None) -> float:
+    "Run fastai's LR range test (weights and optimizer restored afterwards), save its plot, return the valley"
+    import matplotlib.pyplot as plt
+    valley = float(learn.lr_find(show_plot=False).valley)
+    if plot_path is not None:
+        learn.recorder.plot_lr_find()  # fastai's plot (it returns no figure: take the current one)
+        fig, ax = plt.gcf(), plt.gca()
+        ax.axvline(valley, color='tab:orange', linestyle='--', label=f'valley {valley:.2e}')
+        ax.set_title(f'LR range test, SGD momentum {learn.opt.hypers[0]["mom"]:g}')
+        ax.legend(loc='best')
+        fig.savefig(plot_path, dpi=120, bbox_inches='tight')
+        plt.close(fig)
+    return valley
+
+
+def _versions() -> dict:
+    import albumentations
+    return {'python': platform.python_version(), 'torch': torch.__version__, 'fastai': fastai.__version__,
+            'albumentations': albumentations.__version__, 'machine': platform.machine(),
+            'processor': platform.processor(), 'threads': torch.get_num_threads()}
+
+
+def _write_config(run: Path, config: RunConfig, learn: Learner, lr: float, dls):
+    record = {**asdict(config), 'found_lr': lr if config.lr == 'find' else None, 'lr_used': lr,
+              'precision_used': learn.precision, 'device': str(dls.device), 'data_source': dls.data.source,
+              'classes': list(dls.vocab), 'n_train': len(dls.train_ds), 'n_test': len(dls.valid_ds), **_versions()}
+    with atomic_write(run / CONFIG, 'w') as f: json.dump(record, f, indent=2)
+
+
+def _fit(learn: Learner, config: RunConfig, lr, run: Path, start_epoch: int = 0):
+    cbs = [Checkpoint(run)]
+    if config.schedule == 'one-cycle': learn.fit_one_cycle(config.epochs, lr_max=lr, cbs=cbs, start_epoch=start_epoch)
+    else: learn.fit(config.epochs, lr=lr, cbs=cbs, start_epoch=start_epoch)
+
+
+def _save_final(learn: Learner, run: Path):
+    atomic_save({k: v.contiguous() for k, v in learn.model.state_dict().items()}, run / WEIGHTS)
+    learn.export(run / EXPORT)
+
+
+def train(config: RunConfig, out, resume: bool = False, log=print) -> Learner:
+    "Train as `config` says in run folder `out` (or continue it when `resume`); return the `Learner`"
+    config.check()
+    run = ensure_writable_dir(out)
+    if resume: config = RunConfig.from_dict(read_config(run)); state = load_checkpoint(run)
+    dls = run_dls(config)
+    log(f"Data: {dls.data.source}: {len(dls.train_ds)} train and {len(dls.valid_ds)} test images")
+    learn = run_learner(dls, config, run)
+    learn.epoch_record.csv_path = run / METRICS
+    if resume:
+        done = restore_checkpoint(learn, state)
+        lr = read_config(run)['lr_used'] if config.schedule == 'one-cycle' else [h['lr'] for h in learn.opt.hypers]
+        log(f"Resuming {run} after epoch {done} of {config.epochs}")
+    else:
+        done, lr = 0, (find_lr(learn, run / LR_PLOT) if config.lr == 'find' else float(config.lr))
+        if config.lr == 'find': log(f"lr_find suggests {lr:.3g} (valley); plot in {run / LR_PLOT}")
+        _write_config(run, config, learn, lr, dls)
+    log(f"Training {config.epochs - done} epochs, precision {learn.precision}, schedule {config.schedule}")
+    _fit(learn, config, lr, run, start_epoch=done)
+    _save_final(learn, run)
+    return learn

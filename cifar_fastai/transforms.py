@@ -1,0 +1,90 @@
+"Albumentations pipelines as a fastai item transform, and the default CIFAR-10 augmentation"
+from collections.abc import Sequence
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from fastai.vision.core import PILImage
+from fastai.torch_core import TensorImage
+from fastcore.basics import store_attr
+from fasttransform import Transform
+
+__all__ = ['CIFAR10_MEAN', 'CIFAR10_STD', 'AlbumentationsTransform', 'cifar_augs']
+
+# Per-channel mean and std of the 50,000 CIFAR-10 training images, pixels scaled to [0, 1]
+# (computed over the official arrays; 0.2470/0.2435/0.2616 is the pixel std, not the
+# 0.2023/0.1994/0.2010 that many CIFAR repositories copy).
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+def cifar_augs(pad: int = 4, flip: bool = True, cutout: int = 16, cutout_p: float = 0.5,
+               fill: Sequence[int] | None = None) -> A.Compose:
+    "The reference training pipeline: pad `pad` + random 32x32 crop (reflect), horizontal flip, `cutout`x`cutout` hole"
+    for name, value in (('pad', pad), ('cutout', cutout)):
+        if not isinstance(value, int) or value < 0: raise ValueError(f"`{name}` must be a whole number >= 0, got {value!r}")
+    if not 0 <= cutout_p <= 1: raise ValueError(f"`cutout_p` must be a probability in [0, 1], got {cutout_p!r}")
+    fill = tuple(round(255 * m) for m in CIFAR10_MEAN) if fill is None else tuple(fill)  # a hole normalises to ~0
+    tfms = []
+    if pad: tfms += [A.PadIfNeeded(32 + 2 * pad, 32 + 2 * pad, border_mode=cv2.BORDER_REFLECT_101), A.RandomCrop(32, 32)]
+    if flip: tfms.append(A.HorizontalFlip(p=0.5))
+    if cutout: tfms.append(A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(cutout, cutout),
+                                           hole_width_range=(cutout, cutout), fill=fill, p=cutout_p))
+    return A.Compose(tfms)
+
+
+def _as_compose(aug) -> A.Compose | None:
+    if aug is None or isinstance(aug, A.Compose): return aug
+    if isinstance(aug, A.BasicTransform): return A.Compose([aug])
+    if isinstance(aug, Sequence): return A.Compose(list(aug))
+    raise TypeError(f"Expected an albumentations Compose, transform or list of transforms, got {type(aug).__name__}")
+
+
+def _walk(aug):
+    yield aug
+    for t in getattr(aug, 'transforms', []): yield from _walk(t)
+
+
+def _seed_each(aug, seed: int):
+    "Seed every transform of `aug` with its own stream, parents before children"
+    # `Compose.set_random_seed` gives every child the same seed, so a flip and a cutout with the same `p` would
+    # always fire together; pre-order seeding lets each child overwrite what its parent handed down.
+    parts = list(_walk(aug))
+    for t, s in zip(parts, np.random.SeedSequence(seed).generate_state(len(parts))): t.set_random_seed(int(s))
+
+
+class AlbumentationsTransform(Transform):
+    "Apply `train_aug` to training items and `valid_aug` (default: nothing) to the rest"
+    split_idx, order = None, 2  # after the item is an image, before `ToTensor`
+
+    def __init__(self, train_aug=None, valid_aug=None, seed: int | None = None):
+        super().__init__()
+        store_attr('seed')
+        self.train_aug, self.valid_aug = _as_compose(train_aug), _as_compose(valid_aug)
+        if seed is not None: self.set_seed(seed)
+
+    def set_seed(self, seed: int):
+        "Make the augmentations repeatable: the same `seed` gives the same augmented items"
+        for i, aug in enumerate((self.train_aug, self.valid_aug)):
+            if aug is not None: _seed_each(aug, seed + i)
+
+    def generators(self) -> list:
+        "Every random generator of the pipelines, for saving and restoring their states"
+        return [g for aug in (self.train_aug, self.valid_aug) if aug is not None for t in _walk(aug)
+                for g in (t.random_generator, t.py_random)]
+
+    def __call__(self, b, split_idx=None, **kwargs):
+        self.idx = split_idx
+        return super().__call__(b, split_idx=None, **kwargs)
+
+    def _augment(self, arr: np.ndarray) -> np.ndarray:
+        aug = self.train_aug if self.idx == 0 else self.valid_aug
+        return arr if aug is None else aug(image=arr)['image']
+
+    def encodes(self, img: PILImage) -> PILImage:
+        return PILImage.create(self._augment(np.asarray(img)))
+
+    def encodes(self, img: TensorImage) -> TensorImage:  # (3, H, W) uint8, as the in-memory data path yields
+        out = self._augment(np.ascontiguousarray(img.permute(1, 2, 0).numpy()))
+        return TensorImage(torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1))
