@@ -1,0 +1,182 @@
+"Pictures of a model on the test set: accuracy per class, misclassified images, Grad-CAM, confusion matrix, top losses"
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
+import fastai.vision.learner  # noqa: F401  registers fastai's `plot_top_losses` for images
+from fastai.interpret import ClassificationInterpretation
+from fastai.learner import Learner
+from fastai.torch_core import TensorImage
+from matplotlib.figure import Figure
+
+from cifar_fastai.callbacks import EpochRecord, ReduceLROnPlateau
+from cifar_fastai.evaluate import Predictions, class_accuracy, predict
+from cifar_fastai.gradcam import GradCAM, overlay
+from cifar_fastai.plots import blank_axes, save_figure
+
+__all__ = ['STAGES', 'MISTAKE_ORDERS', 'without_fit_callbacks', 'predict_test_set', 'top_mistakes', 'raw_images',
+           'as_batch', 'gradcam_maps', 'plot_class_accuracy', 'plot_misclassified', 'plot_gradcam',
+           'PredictionsInterpretation', 'plot_confusion_matrix', 'plot_top_losses']
+
+STAGES = ('layer1', 'layer2', 'layer3', 'layer4')  # the four residual stages of the CIFAR ResNet18
+MISTAKE_ORDERS = ('confident', 'random', 'first')
+
+
+def without_fit_callbacks(learn: Learner):
+    "Context manager: `learn` without the callbacks that only make sense inside `fit`, for predicting"
+    # `ReduceLROnPlateau.after_epoch` also runs at the end of `get_preds` and reads a test loss that is not recorded
+    # there (IndexError); `EpochRecord.after_batch` cannot sum the per-item losses of `get_preds(with_loss=True)`
+    return learn.removed_cbs([cb for cb in learn.cbs if isinstance(cb, (ReduceLROnPlateau, EpochRecord))])
+
+
+def predict_test_set(learn: Learner) -> Predictions:
+    "`predict` on the test set, once, in loader order"
+    with without_fit_callbacks(learn): return predict(learn)
+
+
+def top_mistakes(p: Predictions, k: int = 25, order: str = 'confident', seed: int | None = None) -> torch.Tensor:
+    "Test indices of `k` misclassified images: most `confident` wrong prediction first, `random` (with `seed`) or `first`"
+    if order not in MISTAKE_ORDERS: raise ValueError(f"`order` must be one of {', '.join(MISTAKE_ORDERS)}, got {order!r}")
+    if not isinstance(k, int) or k < 0: raise ValueError(f"`k` must be a whole number >= 0, got {k!r}")
+    wrong = (p.preds != p.targets).nonzero().flatten()
+    if order == 'confident':
+        confidence = p.probs[wrong, p.preds[wrong]]  # probability given to the wrong class
+        wrong = wrong[torch.sort(confidence, descending=True, stable=True).indices]
+    elif order == 'random':
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        wrong = wrong[torch.randperm(len(wrong), generator=gen)]
+    return wrong[:k]
+
+
+def _index_list(idxs) -> list:
+    return [int(i) for i in (idxs.tolist() if isinstance(idxs, (torch.Tensor, np.ndarray)) else idxs)]
+
+
+def raw_images(learn: Learner, idxs) -> np.ndarray:
+    "Raw test images `idxs` (loader order) as (B, H, W, 3) uint8, from the arrays kept in `learn.dls.data`"
+    data = getattr(learn.dls, 'data', None)
+    if data is None:
+        raise AttributeError("`learn.dls` has no `data` arrays of CIFAR-10: build the loaders with `cifar_dls` or `load_run`")
+    return data.test_x[_index_list(idxs)]
+
+
+def as_batch(dls, images: np.ndarray) -> TensorImage:
+    "(B, H, W, 3) uint8 images as the model sees them: through the test loader's batch transforms (to float, normalise)"
+    x = TensorImage(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(dls.device))
+    return dls.valid.after_batch(x)
+
+
+def gradcam_maps(model, x: torch.Tensor, targets, layers=STAGES) -> list:
+    "One (B, H, W) Grad-CAM map per layer of `layers` for batch `x` and classes `targets`, in fp32 on the CPU"
+    with GradCAM(model, list(layers)) as cam: return [m.cpu() for m in cam(x, targets)]
+
+
+def _title(p: Predictions, i: int) -> str:
+    "'true/predicted (probability of the prediction)' for test image `i`"
+    t, y = int(p.targets[i]), int(p.preds[i])
+    return f'{p.classes[t]}/{p.classes[y]} ({p.probs[i, y]:.2f})'
+
+
+def _no_images(text: str) -> Figure:
+    fig = Figure(figsize=(6, 1.5))
+    fig.text(0.5, 0.5, text, ha='center', va='center', fontsize=12)
+    return fig
+
+
+def plot_class_accuracy(p: Predictions, path=None) -> Figure:
+    "Bar chart of the test accuracy of each class, the overall accuracy in the title and as a dashed line"
+    acc = {c: 100 * a for c, a in class_accuracy(p).items()}
+    fig = Figure(figsize=(8, 0.42 * len(acc) + 1.4), layout='constrained')
+    ax = fig.subplots()
+    y = np.arange(len(acc))
+    ax.barh(y, list(acc.values()), color='tab:blue')
+    ax.set_yticks(y, list(acc)); ax.invert_yaxis()
+    ax.axvline(100 * p.accuracy, ls='--', color='tab:orange', label=f'overall {100 * p.accuracy:.2f} %')
+    for yi, a in zip(y, acc.values()):
+        ax.text(0 if math.isnan(a) else a + 1, yi, 'n/a' if math.isnan(a) else f'{a:.1f} %', va='center', fontsize=9)
+    ax.set_xlim(0, 112); ax.set_xticks(range(0, 101, 20)); ax.set_xlabel('test accuracy (%)')
+    ax.legend(loc='lower right'); ax.grid(axis='x', alpha=0.3)
+    ax.set_title(f'Test accuracy per class: overall {100 * p.accuracy:.2f} % of {len(p.targets)} images')
+    return save_figure(fig, path)
+
+
+def plot_misclassified(learn: Learner, p: Predictions, idxs, path=None, ncols: int = 5) -> Figure:
+    "Test images `idxs` in a grid, each titled 'true/predicted (probability)' with class names"
+    idxs = _index_list(idxs)
+    if not idxs: return save_figure(_no_images('No misclassified test images'), path)
+    ncols = min(ncols, len(idxs))
+    nrows = math.ceil(len(idxs) / ncols)
+    fig = Figure(figsize=(2.35 * ncols, 2.45 * nrows + 0.4), layout='constrained')
+    axs = fig.subplots(nrows, ncols, squeeze=False).flatten()
+    for ax in axs: ax.set_axis_off()
+    for ax, i, image in zip(axs, idxs, raw_images(learn, idxs)):
+        ax.imshow(image); ax.set_title(_title(p, i), fontsize=9)
+    fig.suptitle(f'{len(idxs)} misclassified test images: true/predicted (probability of the prediction)')
+    return save_figure(fig, path)
+
+
+def plot_gradcam(learn: Learner, p: Predictions, idxs, layers=STAGES, path=None, alpha: float = 0.5) -> Figure:
+    "One row per test image `idxs`: the image, then its Grad-CAM overlay for the predicted class at each of `layers`"
+    idxs = _index_list(idxs)
+    if not idxs: return save_figure(_no_images('No test images for Grad-CAM'), path)
+    images = raw_images(learn, idxs)
+    maps = gradcam_maps(learn.model, as_batch(learn.dls, images), p.preds[idxs], layers)
+    names = [l if isinstance(l, str) else type(l).__name__ for l in layers]
+    fig = Figure(figsize=(1.75 * (len(maps) + 1) + 0.8, 1.8 * len(idxs) + 0.7), layout='constrained')
+    axs = fig.subplots(len(idxs), len(maps) + 1, squeeze=False)
+    for r, (i, image) in enumerate(zip(idxs, images)):
+        t, y = int(p.targets[i]), int(p.preds[i])
+        axs[r, 0].imshow(image)
+        axs[r, 0].set_ylabel(f'true {p.classes[t]}\npred {p.classes[y]}\n({p.probs[i, y]:.2f})', fontsize=9,
+                             rotation=0, ha='right', va='center')
+        for c, m in enumerate(maps): axs[r, c + 1].imshow(overlay(image, m[r], alpha=alpha))
+        for ax in axs[r]: blank_axes(ax)
+    for ax, name in zip(axs[0], ['image'] + names): ax.set_title(name, fontsize=10)
+    fig.suptitle('Grad-CAM for the predicted class (red: most weight), layer by layer\n'
+                 'rows: true and predicted class (probability of the prediction)', fontsize=11)
+    return save_figure(fig, path)
+
+
+class PredictionsInterpretation(ClassificationInterpretation):
+    "fastai's `ClassificationInterpretation` of `Predictions` already made: the test set is not predicted again"
+    def __init__(self, learn: Learner, p: Predictions, dl=None):
+        dl = dl if dl is not None else learn.dls.valid.new(shuffle=False, drop_last=False)
+        # cross-entropy from the probabilities: what `CrossEntropyLossFlat` gives on the logits
+        losses = F.nll_loss(p.probs.clamp_min(1e-12).log(), p.targets, reduction='none')
+        super().__init__(learn, dl, losses)
+        self.predictions = p
+
+    def confusion_matrix(self) -> np.ndarray:
+        "Counts of (actual, predicted) pairs from the stored predictions, actual classes in rows"
+        n, p = len(self.vocab), self.predictions
+        return torch.bincount(p.targets * n + p.preds, minlength=n * n).view(n, n).numpy()
+
+
+def _current_figure(path) -> Figure:
+    "The figure a fastai plot just drew, detached from pyplot (so Jupyter shows it once) and saved to `path`"
+    fig = plt.gcf()
+    plt.close(fig)
+    return save_figure(fig, path)
+
+
+def plot_confusion_matrix(interp: ClassificationInterpretation, path=None, normalize: bool = False) -> Figure:
+    "fastai's confusion matrix of `interp` (actual classes in rows), as a figure"
+    n = len(interp.losses)
+    interp.plot_confusion_matrix(normalize=normalize, figsize=(7.5, 7.5), title=f'Confusion matrix, {n} test images')
+    return _current_figure(path)
+
+
+def plot_top_losses(interp: ClassificationInterpretation, k: int = 9, path=None) -> Figure:
+    "fastai's top losses of `interp`: the `k` test images with the largest loss, as a figure"
+    k = min(k, len(interp.losses))
+    ncols = math.ceil(math.sqrt(k))
+    # fastai predicts the `k` images again to show them
+    with without_fit_callbacks(interp.learn), interp.learn.no_bar():
+        interp.plot_top_losses(k, ncols=ncols, figsize=(3.2 * ncols, 3.3 * math.ceil(k / ncols)))
+    fig = plt.gcf()
+    for ax in fig.axes: ax.title.set_fontsize(9)
+    fig.suptitle(f'The {k} test images with the largest loss\npredicted/actual / loss / probability of the prediction',
+                 fontsize=12)
+    return _current_figure(path)

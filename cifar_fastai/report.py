@@ -1,0 +1,190 @@
+"One call after a run: the pictures of the reference reports in the run folder, and `report.md` that explains them"
+import platform
+from pathlib import Path
+from statistics import mean
+
+from fastai.learner import Learner
+from fastprogress.fastprogress import progress_bar
+
+from cifar_fastai.callbacks import read_metrics
+from cifar_fastai.evaluate import Predictions, class_accuracy
+from cifar_fastai.io import atomic_write
+from cifar_fastai.interpret import (PredictionsInterpretation, plot_class_accuracy, plot_confusion_matrix, plot_gradcam,
+                                    plot_misclassified, plot_top_losses, predict_test_set, top_mistakes)
+from cifar_fastai.plots import plot_augmentations, plot_curves
+from cifar_fastai.run import LR_PLOT, METRICS, read_config
+
+__all__ = ['REPORT', 'PICTURES', 'REFERENCE_FINAL', 'REFERENCE_EPOCHS', 'interpret_run', 'gradcam_run', 'accuracy_markdown',
+           'write_report']
+
+REPORT = 'report.md'
+PICTURES = dict(class_accuracy='class_accuracy.png', curves='curves.png', augmentations='augmentations.png',
+                misclassified='misclassified.png', gradcam='gradcam.png', confusion_matrix='confusion_matrix.png',
+                top_losses='top_losses.png')
+# Test accuracy (%) of the reference reports (a CIFAR ResNet18 trained 50 epochs), as quoted in issue 3 of this project
+REFERENCE_FINAL = (88.6, 90.33)
+REFERENCE_EPOCHS = {1: 58.58, 2: 63.98, 3: 67.39, 4: 73.58, 5: 82.56}  # one reference report's log, epochs 1-5
+
+
+def _draw(steps: dict, run: Path) -> list:
+    "Call each `steps[name](path)` with `path` the picture's fixed file in `run`, showing progress; the paths"
+    paths = []
+    for name in progress_bar(list(steps), leave=False):
+        steps[name](run / PICTURES[name])
+        paths.append(run / PICTURES[name])
+    return paths
+
+
+def _mistake_steps(learn: Learner, p: Predictions, idxs) -> dict:
+    return dict(misclassified=lambda path: plot_misclassified(learn, p, idxs, path),
+                gradcam=lambda path: plot_gradcam(learn, p, idxs, path=path))
+
+
+def _mistakes_text(n: int, order: str, seed: int) -> str:
+    "How the misclassified images were chosen, in words"
+    if order == 'confident': return f'the {n} most confident mistakes (largest probability given to the wrong class)'
+    if order == 'random': return f'{n} mistakes drawn at random (seed {seed})'
+    return f'the first {n} mistakes in test-set order'
+
+
+def gradcam_run(learn: Learner, run, k: int = 25, order: str = 'confident', seed: int = 0) -> list[Path]:
+    "Write the grid of `k` misclassified test images and their Grad-CAM grid into run folder `run`; the paths"
+    run = Path(run)
+    read_config(run)  # fail before predicting if `run` is not a run folder
+    p = predict_test_set(learn)
+    return _draw(_mistake_steps(learn, p, top_mistakes(p, k, order, seed)), run)
+
+
+def interpret_run(learn: Learner, run, k: int = 25, order: str = 'confident', seed: int = 0) -> list[Path]:
+    "Write every picture and `report.md` into run folder `run`, predicting the test set once; the paths"
+    run = Path(run)
+    read_config(run)
+    p = predict_test_set(learn)
+    interp, idxs = PredictionsInterpretation(learn, p), top_mistakes(p, k, order, seed)
+    steps = dict(class_accuracy=lambda path: plot_class_accuracy(p, path),
+                 curves=lambda path: plot_curves(run, path),
+                 augmentations=lambda path: plot_augmentations(learn.dls, seed=seed, path=path),
+                 **_mistake_steps(learn, p, idxs),
+                 confusion_matrix=lambda path: plot_confusion_matrix(interp, path),
+                 top_losses=lambda path: plot_top_losses(interp, path=path))
+    paths = _draw(steps, run)
+    return paths + [write_report(run, p, mistakes=_mistakes_text(len(idxs), order, seed))]
+
+
+def _table(header: list, rows: list) -> str:
+    "A markdown table"
+    lines = ['| ' + ' | '.join(map(str, header)) + ' |', '|' + '---|' * len(header)]
+    return '\n'.join(lines + ['| ' + ' | '.join(map(str, r)) + ' |' for r in rows])
+
+
+def _pct(x: float) -> str: return f'{100 * x:.2f} %'
+
+
+def accuracy_markdown(p: Predictions) -> str:
+    "The per-class test accuracy as a markdown table, with counts and the overall accuracy as the last row"
+    correct = p.preds == p.targets
+    rows = [(c, int((p.targets == i).sum()), int(correct[p.targets == i].sum()), _pct(a))
+            for i, (c, a) in enumerate(class_accuracy(p).items())]
+    return _table(['class', 'test images', 'correct', 'accuracy'],
+                  rows + [('**all**', len(p.targets), int(correct.sum()), f'**{_pct(p.accuracy)}**')])
+
+
+def _picture(run: Path, name: str, alt: str) -> str:
+    "A markdown image link to picture `name` relative to the report, or a note that it was not drawn"
+    file = PICTURES.get(name, name)
+    return f'![{alt}]({file})' if (run / file).is_file() else f'*({file} was not drawn: run `cifar-fastai interpret {run}`)*'
+
+
+def _summary(config: dict, rows: list, p: Predictions) -> str:
+    best = {f'best {k} accuracy': max(rows, key=lambda r: r[f'{k}_accuracy']) for k in ('test', 'train')}
+    table = _table(['', 'epoch', 'train accuracy', 'test accuracy', 'train loss', 'test loss'],
+                   [(name, r['epoch'], _pct(r['train_accuracy']), _pct(r['test_accuracy']), f"{r['train_loss']:.4f}",
+                     f"{r['test_loss']:.4f}") for name, r in {**best, 'final': rows[-1]}.items()])
+    return (f"Data: {config.get('data_source', config.get('data'))}: {config.get('n_train')} training and "
+            f"{config.get('n_test')} test images, {len(p.classes)} classes.\n\n{table}\n\n"
+            f"Trained {rows[-1]['epoch']} of {config.get('epochs')} configured epochs. The saved weights, predicted "
+            f"again for this report, classify {_pct(p.accuracy)} of the {len(p.targets)} test images.")
+
+
+def _reference(rows: list) -> str:
+    ours = {r['epoch']: _pct(r['test_accuracy']) for r in rows}
+    table = _table(['epoch', 'reference log', 'this run'],
+                   [(e, f'{a:.2f} %', ours.get(e, 'not run')) for e, a in REFERENCE_EPOCHS.items()]
+                   + [(50, ' and '.join(f'{a} %' for a in REFERENCE_FINAL) + ' (two reports)', ours.get(50, 'not run'))])
+    return (f"The reference reports trained a CIFAR ResNet18 for 50 epochs and reached {REFERENCE_FINAL[0]} % and "
+            f"{REFERENCE_FINAL[1]} % test accuracy; one of them logged the first five epochs. Test accuracy:\n\n{table}\n\n"
+            f"This run's last epoch ({rows[-1]['epoch']}): {_pct(rows[-1]['test_accuracy'])}.")
+
+
+def _epochs(rows: list) -> str:
+    return _table(['epoch', 'train loss', 'train accuracy', 'test loss', 'test accuracy', 'learning rate', 'seconds'],
+                  [(r['epoch'], f"{r['train_loss']:.4f}", _pct(r['train_accuracy']), f"{r['test_loss']:.4f}",
+                    _pct(r['test_accuracy']), f"{r['lr']:.3g}", f"{r['seconds']:.1f}") for r in rows])
+
+
+def _learning_rate(config: dict, run: Path) -> str:
+    if config.get('lr') != 'find': return f"Fixed learning rate {config.get('lr')} (`--lr`): no range test was run."
+    text = (f"fastai's `lr_find` (LR range test) suggested **{config.get('found_lr'):.3g}** (the valley of the loss "
+            f"curve); training used {config.get('lr_used'):.3g}.")
+    return text + (f'\n\n![LR range test]({LR_PLOT})' if (run / LR_PLOT).is_file() else '')
+
+
+def _configuration(config: dict) -> str:
+    def g(key): return config.get(key, 'n/a')
+    lr = f"{g('lr')} (found {config['found_lr']:.3g})" if config.get('found_lr') else g('lr')
+    plateau = ('ReduceLROnPlateau on test loss: ' + ', '.join(f"{k} {g('plateau_' + k)}" for k in
+               ('factor', 'patience', 'threshold', 'cooldown', 'min_lr'))) if g('schedule') == 'plateau' else g('schedule')
+    augs = (f"pad {g('pad')} (reflect) + random 32x32 crop, horizontal flip {g('flip')}, "
+            f"cutout {g('cutout')}x{g('cutout')} with p {g('cutout_p')}")
+    data = f"`--data {config['data']}`" if config.get('data') else 'found by the default search'
+    rows = [('data', f"{g('data_source')} ({data})"), ('epochs', g('epochs')), ('batch size', g('bs')),
+            ('learning rate', lr), ('optimizer', f"SGD, momentum {g('momentum')}"),
+            ('weight decay', f"{g('wd')} ({g('wd_mode')})"), ('schedule', plateau), ('augmentation', augs),
+            ('precision', f"{g('precision')} -> {g('precision_used')}, channels_last {g('channels_last')}"),
+            ('seed', g('seed')), ('versions', ', '.join(f'{k} {g(k)}' for k in ('python', 'torch', 'fastai', 'albumentations')))]
+    return _table(['option', 'value'], rows)
+
+
+def _cpu_model() -> str:
+    "The CPU model name of this machine, as /proc/cpuinfo gives it, else what `platform` knows"
+    try: names = [l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')]
+    except OSError: names = []
+    return names[0] if names else (platform.processor() or platform.machine())
+
+
+def _speed_and_machine(config: dict, rows: list) -> str:
+    secs = mean(r['seconds'] for r in rows)
+    processor = config.get('processor') or f'{_cpu_model()} (read when this report was written)'
+    n_train = config.get('n_train')
+    speed = f"{n_train / secs:.1f} training images per second" if n_train else 'training images per second unknown'
+    return '\n'.join([f"- {secs:.1f} s per epoch on average (train and test pass; {sum(r['seconds'] for r in rows):.0f} s "
+                      f"for {len(rows)} epochs), {speed} ({n_train} / {secs:.1f} s)",
+                      f"- processor: {processor}, {config.get('machine', platform.machine())}",
+                      f"- threads: {config.get('threads')}, device: {config.get('device')}, "
+                      f"precision: {config.get('precision_used')}", f"- torch {config.get('torch')}"])
+
+
+def write_report(run, p: Predictions, mistakes: str = 'misclassified test images') -> Path:
+    "Write `report.md` in run folder `run` from its config.json, metrics.csv, pictures and test predictions `p`"
+    run = Path(run)
+    config, rows = read_config(run), read_metrics(run / METRICS)
+    if not rows: raise ValueError(f"{run / METRICS} has no epochs: train at least one epoch before the report")
+    sections = [
+        (f'CIFAR-10 ResNet18 run `{run.name}`', _summary(config, rows, p)),
+        ('Against the reference reports', _reference(rows)),
+        ('Accuracy per class', accuracy_markdown(p) + '\n\n' + _picture(run, 'class_accuracy', 'accuracy per class')),
+        ('Training curves', _picture(run, 'curves', 'training curves') + '\n\n' + _epochs(rows)),
+        ('Learning rate', _learning_rate(config, run)),
+        ('Configuration', _configuration(config)),
+        ('Augmentation', 'One training image per class and five augmented versions of it:\n\n'
+                         + _picture(run, 'augmentations', 'augmented training images')),
+        ('Misclassified test images', f'The grid shows {mistakes}, titled true/predicted (probability):\n\n'
+                                      + _picture(run, 'misclassified', 'misclassified test images')),
+        ('Grad-CAM', 'The same images with Grad-CAM for the predicted class at the end of each residual stage:\n\n'
+                     + _picture(run, 'gradcam', 'Grad-CAM at layer1 to layer4')),
+        ('Confusion matrix', _picture(run, 'confusion_matrix', 'confusion matrix')),
+        ('Top losses', _picture(run, 'top_losses', 'test images with the largest loss')),
+        ('Speed and machine', _speed_and_machine(config, rows))]
+    text = '\n\n'.join(f"{'#' if i == 0 else '##'} {title}\n\n{body}" for i, (title, body) in enumerate(sections))
+    with atomic_write(run / REPORT, 'w') as f: f.write(text + '\n')
+    return run / REPORT

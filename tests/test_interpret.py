@@ -1,0 +1,144 @@
+"Specifications of the interpretation pictures: accuracy per class, chosen mistakes, grids, fastai's plots, curves"
+import math
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+from PIL import Image
+
+from cifar_fastai.callbacks import write_metrics
+from cifar_fastai.evaluate import Predictions, class_accuracy
+from cifar_fastai.interpret import (STAGES, PredictionsInterpretation, as_batch, plot_class_accuracy, plot_confusion_matrix,
+                                    plot_gradcam, plot_misclassified, plot_top_losses, predict_test_set, top_mistakes,
+                                    without_fit_callbacks)
+from cifar_fastai.loaders import cifar_dls
+from cifar_fastai.plots import plot_augmentations, plot_curves
+
+
+def hand_predictions(probs, targets, classes=('a', 'b', 'c')) -> Predictions:
+    return Predictions(torch.tensor(probs, dtype=torch.float32), torch.tensor(targets), list(classes))
+
+
+# targets 0 0 1 1 2 2, predicted 0 1 1 1 0 2: accuracy a 1/2, b 2/2, c 1/2; wrong: item 1 (p .6), item 4 (p .9)
+HAND = dict(probs=[[.8, .1, .1], [.3, .6, .1], [.2, .7, .1], [.1, .5, .4], [.9, .05, .05], [.2, .2, .6]],
+            targets=[0, 0, 1, 1, 2, 2])
+
+
+@pytest.fixture(scope='module')
+def preds(sample_run):
+    return predict_test_set(sample_run[0])
+
+
+def test_class_accuracy_of_a_hand_computed_case():
+    p = hand_predictions(**HAND)
+    assert class_accuracy(p) == pytest.approx({'a': 0.5, 'b': 1.0, 'c': 0.5})
+    assert p.accuracy == pytest.approx(4 / 6)
+
+
+def test_class_accuracy_figure_has_a_bar_per_class_and_the_overall_accuracy_in_its_title(tmp_path):
+    fig = plot_class_accuracy(hand_predictions(**HAND), tmp_path / 'acc.png')
+    ax, = fig.axes
+    assert [t.get_text() for t in ax.get_yticklabels()] == ['a', 'b', 'c']
+    assert [b.get_width() for b in ax.patches] == pytest.approx([50, 100, 50])
+    assert '66.67 %' in ax.get_title()
+
+
+@pytest.mark.parametrize('k, expected', [(1, [4]), (2, [4, 1]), (25, [4, 1]), (0, [])])
+def test_top_mistakes_are_the_most_confident_wrong_predictions_first(k, expected):
+    assert top_mistakes(hand_predictions(**HAND), k).tolist() == expected
+
+
+def test_top_mistakes_random_is_seeded_and_first_keeps_test_order():
+    p = hand_predictions(torch.full((50, 3), 1 / 3).tolist(), [1] * 50)  # argmax 0: every image wrong
+    a, b = (top_mistakes(p, 10, 'random', seed=3).tolist() for _ in range(2))
+    assert a == b and len(set(a)) == 10 and a != list(range(10))
+    assert top_mistakes(p, 5, 'first').tolist() == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize('kwargs, word', [(dict(order='best'), 'order'), (dict(k=-1), 'k')])
+def test_top_mistakes_rejects_bad_arguments(kwargs, word):
+    with pytest.raises(ValueError, match=word): top_mistakes(hand_predictions(**HAND), **kwargs)
+
+
+def test_test_loader_order_and_normalisation_equal_the_test_arrays():
+    dls = cifar_dls('sample', bs=32, val_bs=64)
+    xs, ys = zip(*dls.valid)
+    assert torch.equal(torch.cat(ys).cpu(), torch.as_tensor(dls.data.test_y, dtype=torch.long))
+    assert torch.equal(torch.cat(xs), as_batch(dls, dls.data.test_x))  # same images, same order, same normalisation
+
+
+def predict_test_set_are_in_test_array_order(sample_run, preds):
+    assert preds.targets.tolist() == sample_run[0].dls.data.test_y.tolist()
+
+
+def check_png(fig, path):
+    assert isinstance(fig, Figure)
+    with Image.open(path) as im: assert im.size[0] > 0 and im.size[1] > 0
+
+
+def test_misclassified_grid_titles_each_image_true_predicted_probability(sample_run, preds, tmp_path):
+    learn, idxs = sample_run[0], list(range(25))
+    fig = plot_misclassified(learn, preds, idxs, tmp_path / 'm.png')
+    check_png(fig, tmp_path / 'm.png')
+    assert len(fig.axes) == 25
+    i, y = 7, int(preds.preds[7])
+    assert fig.axes[7].get_title() == f'{preds.classes[int(preds.targets[7])]}/{preds.classes[y]} ({preds.probs[7, y]:.2f})'
+    assert np.array_equal(fig.axes[7].images[0].get_array(), learn.dls.data.test_x[7])  # raw uint8 test image
+
+
+def test_gradcam_grid_has_the_image_then_one_overlay_per_stage(sample_run, preds, tmp_path):
+    learn = sample_run[0]
+    fig = plot_gradcam(learn, preds, top_mistakes(preds, 3), path=tmp_path / 'g.png')
+    check_png(fig, tmp_path / 'g.png')
+    assert len(fig.axes) == 3 * (1 + len(STAGES))
+    assert [ax.get_title() for ax in fig.axes[:5]] == ['image', *STAGES]
+    assert 'predicted class' in fig._suptitle.get_text()
+    assert fig.axes[1].images[0].get_array().shape == (32, 32, 3)  # an overlay at the image's size
+    assert not learn.model.training  # `GradCAM` restored the mode it found
+
+
+def test_interpretation_reuses_predictions_and_matches_fastai(sample_run, preds):
+    from fastai.interpret import ClassificationInterpretation
+    learn = sample_run[0]
+    ours = PredictionsInterpretation(learn, preds)
+    with without_fit_callbacks(learn):  # fastai predicts the test set twice: for the losses and for the matrix
+        fastai = ClassificationInterpretation.from_learner(learn)
+        assert np.array_equal(ours.confusion_matrix(), fastai.confusion_matrix())
+    assert torch.allclose(ours.losses, fastai.losses.float(), atol=1e-3)
+
+
+@pytest.mark.parametrize('plot, n_axes', [(lambda i, p: plot_confusion_matrix(i, p), 1),
+                                          (lambda i, p: plot_top_losses(i, 4, p), 4)])
+def test_fastai_plots_come_back_as_figures(sample_run, preds, tmp_path, plot, n_axes):
+    fig = plot(PredictionsInterpretation(sample_run[0], preds), tmp_path / 'f.png')
+    check_png(fig, tmp_path / 'f.png')
+    assert len([ax for ax in fig.axes if ax.get_visible()]) == n_axes
+
+
+def test_curves_plot_accuracy_loss_and_log_lr_from_a_metrics_csv(tmp_path):
+    rows = [dict(epoch=e, train_loss=2 / e, train_accuracy=.3 + .1 * e, test_loss=2.2 / e, test_accuracy=.25 + .1 * e,
+                 lr=.1 / 10 ** (e // 3), seconds=10.) for e in range(1, 6)]
+    write_metrics(tmp_path / 'metrics.csv', rows)
+    fig = plot_curves(tmp_path / 'metrics.csv', tmp_path / 'curves.png')
+    check_png(fig, tmp_path / 'curves.png')
+    acc, loss, lr = fig.axes
+    assert [l.get_label() for l in acc.lines] == ['train', 'test'] and lr.get_yscale() == 'log'
+    assert acc.lines[1].get_ydata() == pytest.approx([100 * r['test_accuracy'] for r in rows])
+    assert loss.lines[0].get_ydata() == pytest.approx([r['train_loss'] for r in rows], rel=1e-5)
+    assert '75.00 % at epoch 5' in fig._suptitle.get_text()
+
+
+def test_curves_name_the_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match='metrics.csv'): plot_curves(tmp_path)
+
+
+def test_augmentation_preview_is_a_row_per_class_and_repeats_with_its_seed(sample_run, tmp_path):
+    dls = sample_run[0].dls
+    fig = plot_augmentations(dls, n=3, seed=1, path=tmp_path / 'a.png')
+    check_png(fig, tmp_path / 'a.png')
+    assert len(fig.axes) == 10 * 4
+    assert [fig.axes[4 * r].get_ylabel() for r in range(10)] == list(dls.data.classes)
+    pixels = lambda f: np.stack([ax.images[0].get_array() for ax in f.axes])
+    assert np.array_equal(pixels(fig), pixels(plot_augmentations(dls, n=3, seed=1)))
+    assert not np.array_equal(pixels(fig), pixels(plot_augmentations(dls, n=3, seed=2)))

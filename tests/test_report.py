@@ -1,0 +1,95 @@
+"Specifications of the report: every picture in the run folder, and a report.md that carries the run's numbers"
+import json
+import re
+
+import pytest
+import torch
+from PIL import Image
+
+from cifar_fastai.callbacks import read_metrics, write_metrics
+from cifar_fastai.evaluate import Predictions, class_accuracy
+from cifar_fastai.interpret import predict_test_set
+from cifar_fastai.report import PICTURES, REPORT, accuracy_markdown, gradcam_run, interpret_run, write_report
+from cifar_fastai.run import ConfigError
+
+
+@pytest.fixture(scope='module')
+def reported(sample_run):
+    "The sample run after `interpret_run`: (learn, run folder, paths written, report text)"
+    learn, run = sample_run
+    paths = interpret_run(learn, run)
+    return learn, run, paths, (run / REPORT).read_text()
+
+
+def test_interpret_run_writes_every_picture_then_the_report(reported):
+    _, run, paths, _ = reported
+    assert [p.name for p in paths] == [*PICTURES.values(), REPORT]
+    for p in paths[:-1]:
+        with Image.open(p) as im: assert im.format == 'PNG' and min(im.size) > 100
+
+
+def test_report_has_the_per_class_table_with_the_ten_classes(reported):
+    learn, _, _, text = reported
+    for c, a in class_accuracy(predict_test_set(learn)).items():
+        assert re.search(rf'^\| {c} \| 20 \| \d+ \| {100 * a:.2f} % \|$', text, re.M), c
+    assert len(learn.dls.vocab) == 10
+
+
+def test_report_carries_the_accuracies_of_metrics_csv(reported):
+    _, run, _, text = reported
+    rows = read_metrics(run / 'metrics.csv')
+    for r in rows: assert f"| {r['epoch']} | {r['train_loss']:.4f} | {100 * r['train_accuracy']:.2f} % |" in text
+    best = max(rows, key=lambda r: r['test_accuracy'])
+    assert f"| best test accuracy | {best['epoch']} | {100 * best['train_accuracy']:.2f} % | {100 * best['test_accuracy']:.2f} % |" in text
+    assert f"| 1 | 58.58 % | {100 * rows[0]['test_accuracy']:.2f} % |" in text and '| 5 | 82.56 % | not run |' in text
+
+
+def test_report_links_only_to_pictures_that_exist(reported):
+    _, run, _, text = reported
+    links = re.findall(r'!\[[^\]]*\]\(([^)]+)\)', text)
+    assert set(PICTURES.values()) <= set(links)
+    assert all((run / l).is_file() for l in links)
+
+
+def test_report_states_speed_and_machine(reported):
+    text = reported[3]
+    assert re.search(r'[\d.]+ s per epoch on average .* [\d.]+ training images per second \(500 / ', text)
+    assert 'threads: ' in text and 'device: cpu' in text and f'torch {torch.__version__}' in text
+
+
+def test_gradcam_run_writes_the_two_grids(reported):
+    learn, run, _, _ = reported
+    assert [p.name for p in gradcam_run(learn, run, k=4)] == ['misclassified.png', 'gradcam.png']
+
+
+def test_interpret_run_refuses_a_folder_that_is_not_a_run(sample_run, tmp_path):
+    with pytest.raises(ConfigError, match='config.json'): interpret_run(sample_run[0], tmp_path)
+
+
+def small_run(folder, lr_config: dict):
+    "A run folder with only config.json, metrics.csv and maybe lr_find.png, as the report reads them"
+    config = dict(data='sample', data_source='sample', epochs=3, bs=64, n_train=500, n_test=4, threads=2, device='cpu',
+                  torch='2.x', processor='Test CPU', **lr_config)
+    (folder / 'config.json').write_text(json.dumps(config))
+    write_metrics(folder / 'metrics.csv', [dict(epoch=e, train_loss=1., train_accuracy=.5, test_loss=1.,
+                                                test_accuracy=.1 * e, lr=.01, seconds=2.) for e in (1, 2)])
+    if lr_config['lr'] == 'find': (folder / 'lr_find.png').write_bytes(b'')
+    return folder
+
+
+@pytest.mark.parametrize('lr_config, expected', [
+    (dict(lr='find', found_lr=0.0123, lr_used=0.0123), ['suggested **0.0123**', '![LR range test](lr_find.png)']),
+    (dict(lr=0.05, found_lr=None, lr_used=0.05), ['Fixed learning rate 0.05'])])
+def test_report_gives_the_learning_rate_and_how_it_was_chosen(tmp_path, lr_config, expected):
+    p = Predictions(torch.eye(3)[[0, 1, 2, 0]], torch.tensor([0, 1, 2, 1]), ['cat', 'dog', 'frog'])
+    text = write_report(small_run(tmp_path, lr_config), p).read_text()
+    for s in expected: assert s in text
+    assert '250.0 training images per second (500 / 2.0 s)' in text and 'Test CPU' in text
+    assert '| 2 | 63.98 % | 20.00 % |' in text and '| 3 | 67.39 % | not run |' in text
+    assert '(class_accuracy.png was not drawn' in text  # no picture link that would not resolve
+
+
+def test_accuracy_markdown_of_a_hand_computed_case():
+    p = Predictions(torch.eye(3)[[0, 1, 2, 0]], torch.tensor([0, 1, 2, 1]), ['cat', 'dog', 'frog'])
+    assert accuracy_markdown(p).splitlines()[2:] == ['| cat | 1 | 1 | 100.00 % |', '| dog | 2 | 1 | 50.00 % |',
+                                                     '| frog | 1 | 1 | 100.00 % |', '| **all** | 4 | 3 | **75.00 %** |']
