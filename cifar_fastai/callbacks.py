@@ -15,6 +15,11 @@ __all__ = ['ReduceLROnPlateau', 'EpochRecord', 'NonFiniteLossError', 'StopOnNonF
 METRIC_COLUMNS = ('epoch', 'train_loss', 'train_accuracy', 'test_loss', 'test_accuracy', 'lr', 'seconds')
 
 
+def _in_fit(learn) -> bool:
+    "Whether `learn` is fitting, as opposed to `get_preds`/`validate`, which fire epoch and batch events too"
+    return not hasattr(learn, 'gather_preds') and not hasattr(learn, 'lr_finder')
+
+
 def _is_scheduled(learn) -> bool:
     "Whether a fastai `ParamScheduler` (`fit_one_cycle`, `lr_find`) owns the learning rate in this fit"
     return any(isinstance(cb, ParamScheduler) for cb in learn.cbs)
@@ -56,7 +61,8 @@ class ReduceLROnPlateau(Callback):
         return [n if lr - n > self.eps else lr for lr, n in zip(lrs, new)]
 
     def after_epoch(self):
-        if _is_scheduled(self.learn) or not self.recorder.values: return
+        if not _in_fit(self.learn) or _is_scheduled(self.learn): return
+        if not (self.recorder.values and len(self.recorder.values[-1])): return  # an epoch skipped on resume
         value = float(self.recorder.values[-1][self.recorder.metric_names.index(self.monitor) - 1])
         lrs = self.step(value, [h['lr'] for h in self.opt.hypers])
         for h, lr in zip(self.opt.hypers, lrs): h['lr'] = lr
@@ -94,14 +100,14 @@ class EpochRecord(Callback):
         self.sums = {k: torch.zeros(3, dtype=torch.float64) for k in ('train', 'test')}  # loss * n, correct, n
 
     def after_batch(self):
-        if hasattr(self.learn, 'lr_finder'): return
+        if not _in_fit(self.learn): return
         y, n = self.yb[0], len(self.yb[0])
         correct = (self.pred.argmax(dim=-1) == y).sum().item()
         self.sums['train' if self.training else 'test'] += torch.tensor([self.loss.detach().item() * n, correct, n], dtype=torch.float64)
         if self.training: self.lr_sum, self.n_batches = self.lr_sum + self.opt.hypers[-1]['lr'], self.n_batches + 1
 
     def after_epoch(self):
-        if hasattr(self.learn, 'lr_finder') or self.sums['train'][2] == 0: return
+        if not _in_fit(self.learn) or self.sums['train'][2] == 0: return
         sums = {k: _all_reduce(v) for k, v in self.sums.items()}
         (trl, trc, trn), (tel, tec, ten) = (sums[k].tolist() for k in ('train', 'test'))
         row = dict(epoch=len(self.rows) + 1, train_loss=trl / trn, train_accuracy=trc / trn,

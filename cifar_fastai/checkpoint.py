@@ -4,11 +4,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fastai.callback.core import Callback
+from fastai.callback.core import Callback, CancelEpochException
+from fastcore.basics import noop
+from fastcore.foundation import L
 
 from cifar_fastai.io import atomic_save
 
-__all__ = ['CHECKPOINT', 'Checkpoint', 'rng_state', 'set_rng_state', 'load_checkpoint', 'restore_checkpoint']
+__all__ = ['CHECKPOINT', 'Checkpoint', 'SkipEpochs', 'rng_state', 'set_rng_state', 'load_checkpoint', 'restore_checkpoint']
 
 CHECKPOINT = 'checkpoint.pth'
 
@@ -47,9 +49,32 @@ class Checkpoint(Callback):
     def after_epoch(self):
         rows = self.learn.epoch_record.rows
         if not rows or rows[-1]['epoch'] != self.epoch + 1: return  # an epoch skipped on resume: nothing new
-        atomic_save({'epoch': len(rows), 'model': self.model.state_dict(), 'opt': self.opt.state_dict(),
-                     'plateau': self.learn.reduce_lr_on_plateau.state_dict(), 'rng': rng_state(self.learn),
-                     'rows': rows}, self.path / CHECKPOINT)
+        atomic_save({'epoch': len(rows), 'model': self.model.state_dict(), 'opt': _plain(self.opt.state_dict()),
+                     'plateau': _plain(self.learn.reduce_lr_on_plateau.state_dict()), 'rng': rng_state(self.learn),
+                     'rows': _plain(rows)}, self.path / CHECKPOINT)
+
+
+class SkipEpochs(Callback):
+    "Skip the first `n` epochs of a fit, silently: what fastai's `start_epoch` does, without a table line for each"
+    order = 70  # after `Recorder.before_epoch` (50), as fastai's `SkipToEpoch`
+
+    def __init__(self, n: int): self.n, self.saved = n, None
+
+    def before_epoch(self):
+        self.after_fit()
+        if self.epoch >= self.n: return
+        self.saved, self.learn.logger = self.learn.logger, noop  # `Recorder` would print an empty row
+        raise CancelEpochException
+
+    def after_fit(self):
+        if self.saved is not None: self.learn.logger, self.saved = self.saved, None
+
+
+def _plain(o):
+    "fastai's `L` and other containers as plain lists and dicts, which `torch.load(weights_only=True)` admits"
+    if isinstance(o, dict): return {k: _plain(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple, L)): return [_plain(v) for v in o]
+    return o.item() if isinstance(o, np.generic) else o
 
 
 def load_checkpoint(run: Path) -> dict:
@@ -63,7 +88,7 @@ def restore_checkpoint(learn, state: dict) -> int:
     "Load `state` into `learn` (weights, optimizer, plateau, metrics, random states); return the epochs done"
     learn.model.load_state_dict(state['model'])
     if learn.opt is None: learn.create_opt()
-    learn.opt.load_state_dict(state['opt'])
+    learn.opt.load_state_dict({'state': state['opt']['state'], 'hypers': L(state['opt']['hypers'])})
     learn.reduce_lr_on_plateau.load_state_dict(state['plateau'])
     learn.epoch_record.rows = list(state['rows'])
     set_rng_state(learn, state['rng'])

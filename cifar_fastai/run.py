@@ -7,9 +7,10 @@ from pathlib import Path
 
 import fastai
 import torch
+from fastai.callback.schedule import minimum, slide, steep, valley
 from fastai.learner import Learner
 
-from cifar_fastai.checkpoint import CHECKPOINT, Checkpoint, load_checkpoint, restore_checkpoint
+from cifar_fastai.checkpoint import Checkpoint, SkipEpochs, load_checkpoint, restore_checkpoint
 from cifar_fastai.io import atomic_save, atomic_write, ensure_writable_dir
 from cifar_fastai.learner import WD_MODES, cifar_learner
 from cifar_fastai.loaders import cifar_dls
@@ -19,6 +20,9 @@ from cifar_fastai.transforms import cifar_augs
 __all__ = ['SCHEDULES', 'RunConfig', 'ConfigError', 'train', 'find_lr', 'run_dls', 'run_learner', 'read_config']
 
 SCHEDULES = ('plateau', 'one-cycle')
+# fastai's suggestion rules; 'minimum' (a tenth of the lowest-loss rate) is the default: on full CIFAR-10 with
+# SGD + momentum 0.9 'valley' picked 1e-3 where the loss kept falling to 5e-2 (lr_find.png of a 5-epoch run)
+LR_SUGGESTIONS = {'valley': valley, 'slide': slide, 'minimum': minimum, 'steep': steep}
 CONFIG, METRICS, WEIGHTS, EXPORT, LR_PLOT = 'config.json', 'metrics.csv', 'model.pth', 'export.pkl', 'lr_find.png'
 
 
@@ -32,7 +36,8 @@ class RunConfig:
     data: str | None = None         # path, 'sample', 'cifar10', or None: full CIFAR-10 if found, else the sample
     epochs: int = 50                # as the reference reports
     bs: int = 128
-    lr: float | str = 'find'        # a number, or 'find' for the valley of `lr_find`
+    lr: float | str = 'find'        # a number, or 'find' for the suggestion of `lr_find`
+    lr_suggestion: str = 'minimum'  # which of fastai's `lr_find` suggestions 'find' uses
     momentum: float = 0.9
     wd: float = 5e-4
     wd_mode: str = 'l2'             # 'l2': added to the gradient, as the reports; or 'decoupled'
@@ -60,7 +65,8 @@ class RunConfig:
             if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise ConfigError(f"--{name} must be a whole number >= 1, got {v!r}")
         if self.lr != 'find' and not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ConfigError(f"--lr must be a positive number or 'find', got {self.lr!r}")
-        for name, allowed in (('precision', PRECISIONS), ('schedule', SCHEDULES), ('wd_mode', WD_MODES)):
+        for name, allowed in (('precision', PRECISIONS), ('schedule', SCHEDULES), ('wd_mode', WD_MODES),
+                              ('lr_suggestion', tuple(LR_SUGGESTIONS))):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         for name in ('momentum', 'wd', 'cutout_p', 'plateau_min_lr'):
@@ -97,19 +103,22 @@ def run_learner(dls, config: RunConfig, path: Path) -> Learner:
                          path=path, model_dir='.')
 
 
-def find_lr(learn: Learner, plot_path: Path | None = None) -> float:
-    "Run fastai's LR range test (weights and optimizer restored afterwards), save its plot, return the valley"
+def find_lr(learn: Learner, plot_path: Path | None = None, suggestion: str = 'minimum') -> dict:
+    "fastai's LR range test (weights and optimizer restored afterwards): every suggestion, `suggestion` under 'lr'"
     import matplotlib.pyplot as plt
-    valley = float(learn.lr_find(show_plot=False).valley)
+    if suggestion not in LR_SUGGESTIONS: raise ConfigError(f"--lr-suggestion must be one of {', '.join(LR_SUGGESTIONS)}, got {suggestion!r}")
+    found = learn.lr_find(show_plot=False, suggest_funcs=tuple(LR_SUGGESTIONS.values()))._asdict()
+    found = {k: float(v) for k, v in found.items()} | {'lr': float(found[suggestion]), 'suggestion': suggestion}
     if plot_path is not None:
         learn.recorder.plot_lr_find()  # fastai's plot (it returns no figure: take the current one)
         fig, ax = plt.gcf(), plt.gca()
-        ax.axvline(valley, color='tab:orange', linestyle='--', label=f'valley {valley:.2e}')
+        for (name, lr), color in zip(((n, found[n]) for n in LR_SUGGESTIONS), ('tab:orange', 'tab:green', 'tab:red', 'tab:purple')):
+            ax.axvline(lr, color=color, linestyle='-' if name == suggestion else ':', label=f"{name} {lr:.2e}" + (' (used)' if name == suggestion else ''))
         ax.set_title(f'LR range test, SGD momentum {learn.opt.hypers[0]["mom"]:g}')
         ax.legend(loc='best')
         fig.savefig(plot_path, dpi=120, bbox_inches='tight')
         plt.close(fig)
-    return valley
+    return found
 
 
 def _versions() -> dict:
@@ -119,17 +128,17 @@ def _versions() -> dict:
             'processor': platform.processor(), 'threads': torch.get_num_threads()}
 
 
-def _write_config(run: Path, config: RunConfig, learn: Learner, lr: float, dls):
-    record = {**asdict(config), 'found_lr': lr if config.lr == 'find' else None, 'lr_used': lr,
+def _write_config(run: Path, config: RunConfig, learn: Learner, lr: float, dls, found: dict | None):
+    record = {**asdict(config), 'found_lr': lr if found else None, 'lr_suggestions': found, 'lr_used': lr,
               'precision_used': learn.precision, 'device': str(dls.device), 'data_source': dls.data.source,
               'classes': list(dls.vocab), 'n_train': len(dls.train_ds), 'n_test': len(dls.valid_ds), **_versions()}
     with atomic_write(run / CONFIG, 'w') as f: json.dump(record, f, indent=2)
 
 
-def _fit(learn: Learner, config: RunConfig, lr, run: Path, start_epoch: int = 0):
-    cbs = [Checkpoint(run)]
-    if config.schedule == 'one-cycle': learn.fit_one_cycle(config.epochs, lr_max=lr, cbs=cbs, start_epoch=start_epoch)
-    else: learn.fit(config.epochs, lr=lr, cbs=cbs, start_epoch=start_epoch)
+def _fit(learn: Learner, config: RunConfig, lr, run: Path, start_epoch: int = 0, cbs=None):
+    cbs = [Checkpoint(run), SkipEpochs(start_epoch)] + list(cbs or [])
+    if config.schedule == 'one-cycle': learn.fit_one_cycle(config.epochs, lr_max=lr, cbs=cbs)
+    else: learn.fit(config.epochs, lr=lr, cbs=cbs)
 
 
 def _save_final(learn: Learner, run: Path):
@@ -137,7 +146,7 @@ def _save_final(learn: Learner, run: Path):
     learn.export(run / EXPORT)
 
 
-def train(config: RunConfig, out, resume: bool = False, log=print) -> Learner:
+def train(config: RunConfig, out, resume: bool = False, cbs=None, log=print) -> Learner:
     "Train as `config` says in run folder `out` (or continue it when `resume`); return the `Learner`"
     config.check()
     run = ensure_writable_dir(out)
@@ -151,10 +160,11 @@ def train(config: RunConfig, out, resume: bool = False, log=print) -> Learner:
         lr = read_config(run)['lr_used'] if config.schedule == 'one-cycle' else [h['lr'] for h in learn.opt.hypers]
         log(f"Resuming {run} after epoch {done} of {config.epochs}")
     else:
-        done, lr = 0, (find_lr(learn, run / LR_PLOT) if config.lr == 'find' else float(config.lr))
-        if config.lr == 'find': log(f"lr_find suggests {lr:.3g} (valley); plot in {run / LR_PLOT}")
-        _write_config(run, config, learn, lr, dls)
+        found = find_lr(learn, run / LR_PLOT, config.lr_suggestion) if config.lr == 'find' else None
+        done, lr = 0, found['lr'] if found else float(config.lr)
+        if found: log(f"lr_find suggests {lr:.3g} ({config.lr_suggestion}); plot in {run / LR_PLOT}")
+        _write_config(run, config, learn, lr, dls, found)
     log(f"Training {config.epochs - done} epochs, precision {learn.precision}, schedule {config.schedule}")
-    _fit(learn, config, lr, run, start_epoch=done)
+    _fit(learn, config, lr, run, start_epoch=done, cbs=cbs)
     _save_final(learn, run)
     return learn

@@ -1,0 +1,17 @@
+"Tiny synthetic CIFAR-shaped data for tests that need a `DataLoaders` but not real images"
+import numpy as np
+
+from cifar_fastai.data import Cifar10
+
+CLASSES = [f'class{i}' for i in range(10)]
+
+
+def synthetic_cifar(n_train: int = 64, n_test: int = 32, seed: int = 0) -> Cifar10:
+    "Random images whose label is encoded in their mean brightness, so a model can learn a little"
+    rng = np.random.default_rng(seed)
+    def split(n):
+        y = rng.integers(0, 10, n).astype(np.int64)
+        x = np.clip(rng.normal(20 + 20 * y[:, None, None, None], 30, (n, 32, 32, 3)), 0, 255).astype(np.uint8)
+        return x, y
+    (trx, try_), (tex, tey) = split(n_train), split(n_test)
+    return Cifar10(trx, try_, tex, tey, CLASSES, 'synthetic')

@@ -1,0 +1,111 @@
+"ReduceLROnPlateau follows torch's scheduler and really sets the optimizer's rate; the per-epoch record is right"
+import math
+
+import pytest
+import torch
+from fastai.callback.core import Callback
+
+from cifar_fastai.callbacks import ReduceLROnPlateau
+from cifar_fastai.learner import cifar_learner
+from cifar_fastai.loaders import cifar_dls
+from tests.helpers import synthetic_cifar
+
+SEQUENCES = {
+    'falls then stalls': [2.0, 1.5, 1.2, 1.2, 1.21, 1.19, 1.2, 1.3, 1.25, 1.1, 1.1, 1.1, 1.1, 1.1],
+    'noisy': [1.0, 0.9, 0.95, 0.92, 0.91, 0.9, 0.89, 0.93, 0.97, 0.99, 0.88, 0.88, 0.87, 0.9, 0.91, 0.95],
+    'rises': [0.5 + 0.1 * i for i in range(12)],
+    'tiny gains': [1.0 - 1e-5 * i for i in range(15)],
+}
+SETTINGS = [
+    dict(),
+    dict(factor=0.5, patience=1),
+    dict(factor=0.5, patience=0, cooldown=2),
+    dict(factor=0.2, patience=1, threshold=0.05, threshold_mode='abs'),
+    dict(factor=0.1, patience=0, min_lr=1e-3),
+    dict(factor=0.5, patience=1, mode='max', threshold=0.01),
+    dict(factor=0.9, patience=0, eps=0.02),
+]
+
+
+def _torch_lrs(values, lr0, **kw):
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr0)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, **kw)
+    out = []
+    for v in values:
+        sched.step(v)
+        out.append(opt.param_groups[0]['lr'])
+    return out
+
+
+def _our_lrs(values, lr0, **kw):
+    plateau, lrs, out = ReduceLROnPlateau(**kw), [lr0], []
+    for v in values:
+        lrs = plateau.step(v, lrs)
+        out.append(lrs[0])
+    return out
+
+
+@pytest.mark.parametrize('settings', SETTINGS, ids=lambda s: ','.join(f'{k}={v}' for k, v in s.items()) or 'defaults')
+@pytest.mark.parametrize('name', list(SEQUENCES))
+def test_plateau_sets_the_same_rates_as_torch(name, settings):
+    values = SEQUENCES[name]
+    assert _our_lrs(values, 0.1, **settings) == pytest.approx(_torch_lrs(values, 0.1, **settings), rel=1e-12)
+
+
+def test_the_sequences_exercise_reductions():
+    "Guard for the test above: most cases must really lower the rate, or agreement would prove little"
+    lowered = sum(_torch_lrs(v, 0.1, **s)[-1] < 0.1 for v in SEQUENCES.values() for s in SETTINGS)
+    assert lowered >= len(SEQUENCES) * len(SETTINGS) * 2 // 3
+
+
+@pytest.mark.parametrize('kwargs', [dict(mode='up'), dict(threshold_mode='pct'), dict(factor=1.0)])
+def test_bad_plateau_arguments_are_named(kwargs):
+    with pytest.raises(ValueError, match=list(kwargs)[0]): ReduceLROnPlateau(**kwargs)
+
+
+class SeenLR(Callback):
+    "Record the learning rate the optimizer applies at each training step"
+    def before_fit(self): self.lrs = []
+    def after_step(self): self.lrs.append(self.opt.hypers[0]['lr'])  # what fastai's SGD step reads
+
+
+@pytest.fixture(scope='module')
+def dls(): return cifar_dls(synthetic_cifar(64, 32), bs=32, seed=0)
+
+
+def _learner(dls, plateau):
+    return cifar_learner(dls, model=torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3072, 10)),
+                         plateau=plateau, channels_last=False, precision='fp32')
+
+
+def test_plateau_lowers_the_rate_the_optimizer_uses_during_fit(dls):
+    # abs threshold 100: only the first epoch improves, so with patience 0 each later epoch halves the rate
+    learn = _learner(dls, dict(factor=0.5, patience=0, threshold=100, threshold_mode='abs'))
+    seen = SeenLR()
+    learn.fit(4, 0.04, cbs=seen)
+    assert [r['lr'] for r in learn.epoch_record.rows] == pytest.approx([0.04, 0.04, 0.02, 0.01])
+    assert seen.lrs == pytest.approx([0.04] * 4 + [0.02] * 2 + [0.01] * 2)  # 2 steps an epoch
+    assert learn.opt.hypers[0]['lr'] == pytest.approx(0.005)
+
+
+def test_plateau_leaves_one_cycle_alone(dls):
+    strict = dict(factor=0.5, patience=0, threshold=100, threshold_mode='abs')
+    runs = []
+    for plateau in (strict, dict(patience=1000)):
+        learn, seen = _learner(dls, plateau), SeenLR()
+        learn.fit_one_cycle(3, 0.04, cbs=seen)
+        runs.append(seen.lrs)
+    assert runs[0] == pytest.approx(runs[1]) and max(runs[0]) == pytest.approx(0.04, rel=0.05)
+
+
+def test_epoch_record_matches_fastai_recorder_on_the_test_set(dls):
+    learn = _learner(dls, None)
+    learn.fit(2, 0.01)
+    names = learn.recorder.metric_names[1:]
+    for row, values in zip(learn.epoch_record.rows, learn.recorder.values):
+        fastai_row = dict(zip(names, values))
+        assert row['test_loss'] == pytest.approx(fastai_row['valid_loss'], rel=1e-5)
+        assert row['test_accuracy'] == pytest.approx(fastai_row['valid_accuracy'], abs=1e-6)
+        assert row['train_accuracy'] == pytest.approx(fastai_row['train_accuracy'], abs=1e-6)
+    assert [r['epoch'] for r in learn.epoch_record.rows] == [1, 2]
+    assert all(r['seconds'] > 0 and math.isfinite(r['train_loss']) for r in learn.epoch_record.rows)

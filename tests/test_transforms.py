@@ -1,0 +1,80 @@
+"The Albumentations wrapper: training items change, test items do not, and a seed repeats a batch"
+import albumentations as A
+import numpy as np
+import pytest
+import torch
+from fastai.torch_core import TensorImage
+from fastai.vision.core import PILImage
+
+from cifar_fastai.transforms import CIFAR10_MEAN, AlbumentationsTransform, cifar_augs
+
+TRAIN, VALID = 0, 1
+
+
+def _image(seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+
+
+def _tensor(arr): return TensorImage(torch.from_numpy(arr).permute(2, 0, 1))
+
+
+def test_training_items_are_augmented_and_test_items_are_untouched():
+    tfm, img = AlbumentationsTransform(cifar_augs(cutout_p=1.0), seed=0), _image()
+    train = tfm(_tensor(img), split_idx=TRAIN)
+    assert isinstance(train, TensorImage) and train.shape == (3, 32, 32) and train.dtype == torch.uint8
+    assert not torch.equal(train, _tensor(img))
+    for _ in range(3): assert torch.equal(tfm(_tensor(img), split_idx=VALID), _tensor(img))
+
+
+def test_valid_items_get_their_own_pipeline():
+    tfm = AlbumentationsTransform(None, A.HorizontalFlip(p=1.0))
+    img = _image()
+    assert torch.equal(tfm(_tensor(img), split_idx=VALID), _tensor(img[:, ::-1].copy()))
+    assert torch.equal(tfm(_tensor(img), split_idx=TRAIN), _tensor(img))
+
+
+def test_pil_images_stay_pil_images():
+    out = AlbumentationsTransform([A.HorizontalFlip(p=1.0)])(PILImage.create(_image()), split_idx=TRAIN)
+    assert isinstance(out, PILImage) and np.array_equal(np.asarray(out), _image()[:, ::-1])
+
+
+def test_the_same_seed_gives_the_same_augmented_items():
+    imgs = [_tensor(_image(i)) for i in range(8)]
+    runs = [[AlbumentationsTransform(cifar_augs(), seed=s)(x, split_idx=TRAIN) for x in imgs] for s in (7, 7, 8)]
+    assert all(torch.equal(a, b) for a, b in zip(runs[0], runs[1]))
+    assert not all(torch.equal(a, b) for a, b in zip(runs[0], runs[2]))
+
+
+def test_seeded_transforms_draw_independently():
+    # flip and cutout both fire with p=0.5: with one shared seed they would always fire together
+    tfm = AlbumentationsTransform(cifar_augs(pad=0, cutout_p=0.5), seed=0)
+    img, both = np.full((32, 32, 3), 7, np.uint8), []
+    img[:, :16] = 200  # a flip moves the bright half, a cutout paints the mean colour
+    fills = np.array([round(255 * m) for m in CIFAR10_MEAN], np.uint8)
+    for _ in range(40):
+        out = tfm(_tensor(img), split_idx=TRAIN).permute(1, 2, 0).numpy()
+        both.append(((out == fills).all(-1).sum() == 256, out[:, 16:][(out[:, 16:] != fills).any(-1)].max() == 200))
+    assert len(set(both)) == 4  # all four (cutout?, flipped?) combinations occur
+
+
+def test_cutout_is_one_16x16_hole_of_the_mean_colour():
+    tfm = AlbumentationsTransform(cifar_augs(pad=0, flip=False, cutout_p=1.0), seed=1)
+    out = tfm(_tensor(np.zeros((32, 32, 3), np.uint8)), split_idx=TRAIN).permute(1, 2, 0).numpy()
+    filled = (out != 0).all(-1)
+    rows, cols = np.nonzero(filled)
+    assert filled.sum() == 256 and np.ptp(rows) == 15 and np.ptp(cols) == 15
+    assert tuple(out[rows[0], cols[0]]) == tuple(round(255 * m) for m in CIFAR10_MEAN)
+
+
+@pytest.mark.parametrize('kwargs,names', [
+    (dict(), ['PadIfNeeded', 'RandomCrop', 'HorizontalFlip', 'CoarseDropout']),
+    (dict(pad=0), ['HorizontalFlip', 'CoarseDropout']),
+    (dict(flip=False, cutout=0), ['PadIfNeeded', 'RandomCrop']),
+    (dict(pad=0, flip=False, cutout=0), [])])
+def test_each_part_of_the_default_pipeline_can_be_switched_off(kwargs, names):
+    assert [type(t).__name__ for t in cifar_augs(**kwargs).transforms] == names
+
+
+@pytest.mark.parametrize('kwargs', [dict(pad=-1), dict(cutout=2.5), dict(cutout_p=1.5)])
+def test_bad_pipeline_arguments_are_named(kwargs):
+    with pytest.raises(ValueError, match=list(kwargs)[0]): cifar_augs(**kwargs)
