@@ -38,6 +38,7 @@ class RunConfig:
     bs: int = 128
     lr: float | str = 'find'        # a number, or 'find' for the suggestion of `lr_find`
     lr_suggestion: str = 'minimum'  # which of fastai's `lr_find` suggestions 'find' uses
+    lr_find_iters: int = 100        # batches of the range test (fastai's default)
     momentum: float = 0.9
     wd: float = 5e-4
     wd_mode: str = 'l2'             # 'l2': added to the gradient, as the reports; or 'decoupled'
@@ -60,7 +61,7 @@ class RunConfig:
 
     def check(self) -> 'RunConfig':
         "Raise `ConfigError` naming the first option out of range"
-        for name in ('epochs', 'bs'):
+        for name in ('epochs', 'bs', 'lr_find_iters'):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise ConfigError(f"--{name} must be a whole number >= 1, got {v!r}")
         if self.lr != 'find' and not (isinstance(self.lr, (int, float)) and self.lr > 0):
@@ -103,11 +104,11 @@ def run_learner(dls, config: RunConfig, path: Path) -> Learner:
                          path=path, model_dir='.')
 
 
-def find_lr(learn: Learner, plot_path: Path | None = None, suggestion: str = 'minimum') -> dict:
+def find_lr(learn: Learner, plot_path: Path | None = None, suggestion: str = 'minimum', num_it: int = 100) -> dict:
     "fastai's LR range test (weights and optimizer restored afterwards): every suggestion, `suggestion` under 'lr'"
     import matplotlib.pyplot as plt
     if suggestion not in LR_SUGGESTIONS: raise ConfigError(f"--lr-suggestion must be one of {', '.join(LR_SUGGESTIONS)}, got {suggestion!r}")
-    found = learn.lr_find(show_plot=False, suggest_funcs=tuple(LR_SUGGESTIONS.values()))._asdict()
+    found = learn.lr_find(num_it=num_it, show_plot=False, suggest_funcs=tuple(LR_SUGGESTIONS.values()))._asdict()
     found = {k: float(v) for k, v in found.items()} | {'lr': float(found[suggestion]), 'suggestion': suggestion}
     if plot_path is not None:
         learn.recorder.plot_lr_find()  # fastai's plot (it returns no figure: take the current one)
@@ -160,7 +161,7 @@ def train(config: RunConfig, out, resume: bool = False, cbs=None, log=print) -> 
         lr = read_config(run)['lr_used'] if config.schedule == 'one-cycle' else [h['lr'] for h in learn.opt.hypers]
         log(f"Resuming {run} after epoch {done} of {config.epochs}")
     else:
-        found = find_lr(learn, run / LR_PLOT, config.lr_suggestion) if config.lr == 'find' else None
+        found = find_lr(learn, run / LR_PLOT, config.lr_suggestion, config.lr_find_iters) if config.lr == 'find' else None
         done, lr = 0, found['lr'] if found else float(config.lr)
         if found: log(f"lr_find suggests {lr:.3g} ({config.lr_suggestion}); plot in {run / LR_PLOT}")
         _write_config(run, config, learn, lr, dls, found)
