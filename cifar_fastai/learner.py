@@ -11,9 +11,20 @@ from cifar_fastai.callbacks import EpochRecord, ReduceLROnPlateau, StopOnNonFini
 from cifar_fastai.models import resnet18
 from cifar_fastai.precision import DTYPES, Autocast, ChannelsLast, resolve_precision
 
-__all__ = ['WD_MODES', 'cifar_learner']
+__all__ = ['WD_MODES', 'CifarLearner', 'cifar_learner']
 
 WD_MODES = ('l2', 'decoupled')
+
+
+class CifarLearner(Learner):
+    "A fastai `Learner` whose `lr_find` also puts back the optimizer's hyper-parameters"
+    def lr_find(self, *args, **kwargs):
+        # fastai's finder restores weights and optimizer state from a saved copy, but that copy is taken after
+        # `fit` has reset the learning rate to `learn.lr`, so the rate in use before the test would be lost.
+        hypers = None if self.opt is None else [dict(h) for h in self.opt.hypers]
+        try: return super().lr_find(*args, **kwargs)
+        finally:
+            for h, saved in zip(self.opt.hypers if hypers else [], hypers or []): h.update(saved)
 
 
 def cifar_learner(dls, model=None, lr: float = 0.05, momentum: float = 0.9, wd: float = 5e-4, wd_mode: str = 'l2',
@@ -28,7 +39,7 @@ def cifar_learner(dls, model=None, lr: float = 0.05, momentum: float = 0.9, wd: 
     precision = resolve_precision(precision, dls.device)
     extra = [StopOnNonFinite(), EpochRecord(), plateau] + ([Autocast(DTYPES[precision])] if precision in DTYPES else [])
     extra += [ChannelsLast()] if channels_last else []
-    learn = Learner(dls, model.to(dls.device), loss_func=CrossEntropyLossFlat(), opt_func=opt_func, lr=lr, wd=wd,
+    learn = CifarLearner(dls, model.to(dls.device), loss_func=CrossEntropyLossFlat(), opt_func=opt_func, lr=lr, wd=wd,
                     metrics=accuracy, cbs=extra + list(cbs or []), **kwargs)
     learn.recorder.train_metrics = True  # training accuracy per epoch, as the reference reports plotted
     learn.precision = precision

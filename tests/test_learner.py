@@ -1,0 +1,65 @@
+"The Learner: SGD with momentum and L2 or decoupled weight decay, and an lr_find that puts everything back"
+import pytest
+import torch
+
+from cifar_fastai.learner import cifar_learner
+from cifar_fastai.loaders import cifar_dls
+from tests.helpers import synthetic_cifar
+
+
+@pytest.fixture(scope='module')
+def dls(): return cifar_dls(synthetic_cifar(64, 32), bs=32, seed=0)
+
+
+def _snapshot(learn):
+    opt = {id(p): {k: v.clone() for k, v in s.items() if torch.is_tensor(v)} for p, s in learn.opt.state.items()}
+    return {k: v.clone() for k, v in learn.model.state_dict().items()}, opt, [dict(h) for h in learn.opt.hypers]
+
+
+def test_lr_find_restores_weights_and_optimizer_state_exactly(dls, tmp_path):
+    learn = cifar_learner(dls, path=tmp_path, precision='fp32')
+    learn.fit(1, 0.01)  # momentum buffers and batch-norm statistics are not at their initial values
+    weights, opt, hypers = _snapshot(learn)
+    assert opt and all(s for s in opt.values())
+    learn.lr_find(num_it=10, show_plot=False)
+    weights2, opt2, hypers2 = _snapshot(learn)
+    assert weights.keys() == weights2.keys() and all(torch.equal(weights[k], weights2[k]) for k in weights)
+    assert opt.keys() == opt2.keys()
+    for p in opt: assert all(torch.equal(opt[p][k], opt2[p][k]) for k in opt[p])
+    assert hypers == hypers2
+    assert list(tmp_path.rglob('*.pth')) == []  # the finder's temporary copy is gone
+
+
+@pytest.mark.parametrize('wd_mode,torch_opt', [
+    ('l2', lambda ps, lr, wd: torch.optim.SGD(ps, lr=lr, momentum=0.9, weight_decay=wd)),
+    ('decoupled', lambda ps, lr, wd: torch.optim.SGD(ps, lr=lr, momentum=0.9))])
+def test_sgd_steps_match_torch_sgd(dls, wd_mode, torch_opt):
+    torch.manual_seed(0)
+    ours, ref = (torch.nn.Linear(8, 4, bias=False) for _ in range(2))
+    ref.load_state_dict(ours.state_dict())
+    learn = cifar_learner(dls, model=torch.nn.Sequential(ours), wd=0.05, wd_mode=wd_mode, lr=0.1, precision='fp32')
+    learn.create_opt()
+    learn.opt.set_hypers(lr=0.1, wd=0.05)
+    ref_opt = torch_opt(ref.parameters(), 0.1, 0.05)
+    for step in range(5):
+        x = torch.randn(16, 8, generator=torch.Generator().manual_seed(step))
+        for model, opt in ((ours, learn.opt), (ref, ref_opt)):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            if opt is ref_opt and wd_mode == 'decoupled':
+                with torch.no_grad(): model.weight.mul_(1 - 0.1 * 0.05)  # decoupled decay: p -= lr * wd * p
+            opt.step()
+    assert torch.allclose(ours.weight, ref.weight, atol=1e-6)
+
+
+@pytest.mark.parametrize('kwargs,match', [(dict(wd_mode='adamw'), 'wd_mode'), (dict(lr=0), 'lr')])
+def test_bad_learner_arguments_are_named(dls, kwargs, match):
+    with pytest.raises(ValueError, match=match): cifar_learner(dls, **kwargs)
+
+
+def test_default_learner_trains_the_cifar_resnet18_with_sgd_momentum(dls):
+    learn = cifar_learner(dls)
+    learn.create_opt()
+    assert sum(p.numel() for p in learn.model.parameters()) == 11_173_962
+    assert learn.opt.hypers[0]['mom'] == 0.9 and learn.wd == 5e-4
+    assert learn.recorder.train_metrics

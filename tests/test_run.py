@@ -1,0 +1,77 @@
+"A run folder holds everything a run made; the command line rejects bad options before touching data"
+import json
+
+import pytest
+import torch
+from fastai.learner import load_learner
+
+from cifar_fastai import cli
+from cifar_fastai.callbacks import METRIC_COLUMNS, read_metrics
+from cifar_fastai.data import read_cifar10
+from cifar_fastai.models import resnet18
+
+
+def test_a_run_writes_every_file(sample_run):
+    _, run = sample_run
+    for name in ('config.json', 'metrics.csv', 'lr_find.png', 'model.pth', 'export.pkl', 'checkpoint.pth'):
+        assert (run / name).is_file() and (run / name).stat().st_size > 0, name
+
+
+def test_config_records_the_options_the_found_lr_and_versions(sample_run):
+    learn, run = sample_run
+    config = json.loads((run / 'config.json').read_text())
+    assert config['epochs'] == 2 and config['lr'] == 'find' and config['schedule'] == 'plateau'
+    assert config['found_lr'] == config['lr_used'] == config['lr_suggestions']['minimum'] > 0
+    assert config['torch'] == torch.__version__ and config['n_train'] == 500 and config['n_test'] == 200
+    assert config['data_source'].startswith('bundled sample')
+
+
+def test_metrics_has_one_row_per_epoch_with_the_lr_used(sample_run):
+    learn, run = sample_run
+    rows = read_metrics(run / 'metrics.csv')
+    assert (run / 'metrics.csv').read_text().splitlines()[0].split(',') == list(METRIC_COLUMNS)
+    assert [r['epoch'] for r in rows] == [1, 2]
+    assert all(r['lr'] == pytest.approx(json.loads((run / 'config.json').read_text())['lr_used'], rel=1e-5) for r in rows)
+    assert all(0 <= r['test_accuracy'] <= 1 and r['seconds'] > 0 for r in rows)
+
+
+def test_weights_are_a_plain_state_dict_that_reproduces_the_test_accuracy(sample_run):
+    _, run = sample_run
+    model = resnet18()
+    model.load_state_dict(torch.load(run / 'model.pth', weights_only=True))
+    data, mean, std = read_cifar10('sample'), torch.tensor([0.4914, 0.4822, 0.4465]), torch.tensor([0.2470, 0.2435, 0.2616])
+    x = (torch.from_numpy(data.test_x).float() / 255 - mean) / std
+    with torch.no_grad(): preds = model.eval()(x.permute(0, 3, 1, 2)).argmax(1)
+    accuracy = (preds == torch.from_numpy(data.test_y)).float().mean().item()
+    assert accuracy == pytest.approx(read_metrics(run / 'metrics.csv')[-1]['test_accuracy'], abs=0.011)  # bf16 vs fp32
+
+
+def test_export_loads_with_load_learner_and_predicts_an_image(sample_run):
+    _, run = sample_run
+    learn = load_learner(run / 'export.pkl')  # a pickle: only for files you made yourself
+    category, idx, probs = learn.predict(read_cifar10('sample').test_x[0])
+    assert category in learn.dls.vocab and probs.shape == (10,) and probs.sum().item() == pytest.approx(1, abs=1e-4)
+    assert (run / 'export.pkl').stat().st_size < 60e6  # the pixels of the data set are not in it
+
+
+def test_evaluate_prints_per_class_and_overall_accuracy(sample_run, capsys):
+    _, run = sample_run
+    cli.main(['evaluate', str(run)])
+    out = capsys.readouterr().out
+    assert all(f'Accuracy of {c:>10s}' in out for c in read_cifar10('sample').classes)
+    overall = float(out.split('test images:')[1].split('%')[0])
+    assert overall == pytest.approx(100 * read_metrics(run / 'metrics.csv')[-1]['test_accuracy'], abs=1.1)
+
+
+@pytest.mark.parametrize('argv,message', [
+    (['train', '--epochs', '0'], '--epochs'), (['train', '--epochs', '-3'], '--epochs'),
+    (['train', '--bs', '0'], '--bs'), (['train', '--lr', '-0.1'], '--lr'), (['train', '--lr', 'fast'], '--lr'),
+    (['train', '--precision', 'fp8'], '--precision'), (['train', '--schedule', 'cosine'], '--schedule'),
+    (['train', '--resume', 'no-such-run'], 'not a run folder'), (['lr-find', '--bs', '-1'], '--bs')])
+def test_bad_options_exit_2_with_one_line_before_loading_data(argv, message, monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr('cifar_fastai.loaders.read_cifar10', lambda *a, **k: pytest.fail('data was loaded'))
+    with pytest.raises(SystemExit) as e: cli.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and message in err[-1]
+    assert not (tmp_path / 'runs').exists()
