@@ -6,8 +6,10 @@ from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
 from fastai.optimizer import SGD
+from fastai.torch_core import TensorImage
 
 from cifar_fastai.callbacks import EpochRecord, ReduceLROnPlateau, StopOnNonFinite
+from cifar_fastai.loaders import ArrayImage
 from cifar_fastai.models import resnet18
 from cifar_fastai.precision import DTYPES, Autocast, ChannelsLast, resolve_precision
 
@@ -17,7 +19,7 @@ WD_MODES = ('l2', 'decoupled')
 
 
 class CifarLearner(Learner):
-    "A fastai `Learner` whose `lr_find` also puts back the optimizer's hyper-parameters"
+    "A fastai `Learner` whose `lr_find` also puts back the optimizer's hyper-parameters, and that predicts files"
     def lr_find(self, *args, **kwargs):
         # fastai's finder restores weights and optimizer state from a saved copy, but that copy is taken after
         # `fit` has reset the learning rate to `learn.lr`, so the rate in use before the test would be lost.
@@ -25,6 +27,12 @@ class CifarLearner(Learner):
         try: return super().lr_find(*args, **kwargs)
         finally:
             for h, saved in zip(self.opt.hypers if hypers else [], hypers or []): h.update(saved)
+
+
+    def predict(self, item, rm_type_tfms=None, with_input=False):
+        "fastai's `predict`, for an image file, a PIL image or an (H, W, 3) uint8 array as well"
+        if not isinstance(item, (int, TensorImage)): item = ArrayImage()(item)  # fastai matches the item's type
+        return super().predict(item, rm_type_tfms=rm_type_tfms, with_input=with_input)
 
 
 def cifar_learner(dls, model=None, lr: float = 0.05, momentum: float = 0.9, wd: float = 5e-4, wd_mode: str = 'l2',

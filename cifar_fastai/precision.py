@@ -1,5 +1,6 @@
 "Mixed precision and memory layout on any device: bf16 autocast on CPU, fp16/bf16 on CUDA, channels_last"
 import torch
+from fastai.callback import channelslast
 from fastai.callback.core import Callback, CancelStepException
 from fastai.torch_core import to_float
 
@@ -60,11 +61,8 @@ class Autocast(Callback):
     def step(self, *args, **kwargs): self.skipped = False
 
 
-class ChannelsLast(Callback):
-    "Model and input batches in channels_last memory format (faster convolutions with oneDNN and tensor cores)"
-    order = -1
-
-    def before_fit(self): self.learn.model.to(memory_format=torch.channels_last)
-
+class ChannelsLast(channelslast.ChannelsLast):
+    "fastai's `ChannelsLast` (model in channels_last), with the input batches converted too"
+    # a subclass, so that fastai's `load_learner(cpu=True)` and `Learner.to_contiguous` recognise and remove it
     def before_batch(self):
         self.learn.xb = tuple(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x for x in self.xb)

@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 from fastai.learner import load_learner
+from fastai.vision.core import PILImage
 
 from cifar_fastai import cli
 from cifar_fastai.callbacks import METRIC_COLUMNS, read_metrics
@@ -46,11 +47,15 @@ def test_weights_are_a_plain_state_dict_that_reproduces_the_test_accuracy(sample
     assert accuracy == pytest.approx(read_metrics(run / 'metrics.csv')[-1]['test_accuracy'], abs=0.011)  # bf16 vs fp32
 
 
-def test_export_loads_with_load_learner_and_predicts_an_image(sample_run):
+def test_export_loads_with_load_learner_and_predicts_an_image(sample_run, tmp_path):
     _, run = sample_run
     learn = load_learner(run / 'export.pkl')  # a pickle: only for files you made yourself
-    category, idx, probs = learn.predict(read_cifar10('sample').test_x[0])
+    image = read_cifar10('sample').test_x[0]
+    PILImage.create(image).save(tmp_path / 'image.png')
+    results = [learn.predict(item) for item in (image, PILImage.create(image), tmp_path / 'image.png')]
+    category, idx, probs = results[0]
     assert category in learn.dls.vocab and probs.shape == (10,) and probs.sum().item() == pytest.approx(1, abs=1e-4)
+    assert all(torch.equal(r[2], probs) for r in results)
     assert (run / 'export.pkl').stat().st_size < 60e6  # the pixels of the data set are not in it
 
 
