@@ -1,0 +1,58 @@
+"""Test accuracy per epoch of our recipes on full CIFAR-10, beside the reference log.
+
+Trains (or reads finished run folders) and prints a markdown table: epoch, reference test accuracy,
+ours for each run, and the difference. Run by hand; results go to BENCHMARKS.md.
+
+    python scripts/bench_accuracy.py --data ../shared/data/cifar10 --epochs 5 --schedule plateau --out runs/acc-plateau
+    python scripts/bench_accuracy.py --runs runs/acc-plateau runs/acc-one-cycle      # tables from finished runs
+"""
+import argparse
+import platform
+from pathlib import Path
+
+from cifar_fastai.callbacks import read_metrics
+from cifar_fastai.report import REFERENCE_EPOCHS, REFERENCE_FINAL
+from cifar_fastai.run import METRICS, RunConfig, read_config, train
+
+
+def table(runs: list) -> str:
+    "Markdown: one row per epoch, the reference log and each run's test accuracy (%) and its lead"
+    metrics = {Path(r).name: {m['epoch']: 100 * m['test_accuracy'] for m in read_metrics(Path(r) / METRICS)} for r in runs}
+    n = max([max(m, default=0) for m in metrics.values()] + [max(REFERENCE_EPOCHS)])
+    head = '| epoch | reference log | ' + ' | '.join(f'{name} | lead' for name in metrics) + ' |'
+    lines = [head, '|' + '---|' * (2 + 2 * len(metrics))]
+    for e in range(1, n + 1):
+        ref = REFERENCE_EPOCHS.get(e)
+        cells = []
+        for m in metrics.values():
+            ours = m.get(e)
+            cells += [f'{ours:.2f} %' if ours is not None else '', f'{ours - ref:+.2f}' if ours is not None and ref else '']
+        lines.append(f"| {e} | {f'{ref:.2f} %' if ref else ''} | " + ' | '.join(cells) + ' |')
+    lines.append(f'| 50 | {REFERENCE_FINAL[0]} % and {REFERENCE_FINAL[1]} % (two reports) |' + ' |' * (2 * len(metrics)))
+    return '\n'.join(lines)
+
+
+def describe(run) -> str:
+    c = read_config(run)
+    return (f"- `{Path(run).name}`: {c['schedule']}, lr {c['lr_used']:.3g} ({'lr_find ' + c['lr_suggestion'] if c['lr'] == 'find' else 'fixed'}), "
+            f"bs {c['bs']}, SGD momentum {c['momentum']}, wd {c['wd']} ({c['wd_mode']}), precision {c['precision_used']}, "
+            f"seed {c['seed']}, {c['n_train']} train / {c['n_test']} test images, {c.get('processor') or platform.processor()}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--runs', nargs='*', default=[], help='finished run folders to tabulate')
+    p.add_argument('--data', help='CIFAR-10 folder to train on (omit with --runs)')
+    p.add_argument('--epochs', type=int, default=5)
+    p.add_argument('--schedule', default='plateau')
+    p.add_argument('--out', type=Path, help='run folder of the training')
+    args = p.parse_args()
+    runs = list(args.runs)
+    if args.data:
+        train(RunConfig(data=args.data, epochs=args.epochs, schedule=args.schedule, interpret=False), args.out)
+        runs.append(args.out)
+    print('\n'.join(describe(r) for r in runs) + '\n\n' + table(runs))
+
+
+if __name__ == '__main__':
+    main()
