@@ -11,29 +11,16 @@ from fastai.learner import Learner
 from fastai.torch_core import TensorImage
 from matplotlib.figure import Figure
 
-from cifar_fastai.callbacks import EpochRecord, ReduceLROnPlateau
 from cifar_fastai.evaluate import Predictions, class_accuracy, predict
 from cifar_fastai.gradcam import GradCAM, overlay
 from cifar_fastai.plots import blank_axes, save_figure
 
-__all__ = ['STAGES', 'MISTAKE_ORDERS', 'without_fit_callbacks', 'predict_test_set', 'top_mistakes', 'raw_images',
+__all__ = ['STAGES', 'MISTAKE_ORDERS', 'top_mistakes', 'raw_images',
            'as_batch', 'gradcam_maps', 'plot_class_accuracy', 'plot_misclassified', 'plot_gradcam',
            'PredictionsInterpretation', 'plot_confusion_matrix', 'plot_top_losses']
 
 STAGES = ('layer1', 'layer2', 'layer3', 'layer4')  # the four residual stages of the CIFAR ResNet18
 MISTAKE_ORDERS = ('confident', 'random', 'first')
-
-
-def without_fit_callbacks(learn: Learner):
-    "Context manager: `learn` without the callbacks that only make sense inside `fit`, for predicting"
-    # `ReduceLROnPlateau.after_epoch` also runs at the end of `get_preds` and reads a test loss that is not recorded
-    # there (IndexError); `EpochRecord.after_batch` cannot sum the per-item losses of `get_preds(with_loss=True)`
-    return learn.removed_cbs([cb for cb in learn.cbs if isinstance(cb, (ReduceLROnPlateau, EpochRecord))])
-
-
-def predict_test_set(learn: Learner) -> Predictions:
-    "`predict` on the test set, once, in loader order"
-    with without_fit_callbacks(learn): return predict(learn)
 
 
 def top_mistakes(p: Predictions, k: int = 25, order: str = 'confident', seed: int | None = None) -> torch.Tensor:
@@ -173,7 +160,7 @@ def plot_top_losses(interp: ClassificationInterpretation, k: int = 9, path=None)
     k = min(k, len(interp.losses))
     ncols = math.ceil(math.sqrt(k))
     # fastai predicts the `k` images again to show them
-    with without_fit_callbacks(interp.learn), interp.learn.no_bar():
+    with interp.learn.no_bar():
         interp.plot_top_losses(k, ncols=ncols, figsize=(3.2 * ncols, 3.3 * math.ceil(k / ncols)))
     fig = plt.gcf()
     for ax in fig.axes: ax.title.set_fontsize(9)

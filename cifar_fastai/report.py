@@ -7,10 +7,10 @@ from fastai.learner import Learner
 from fastprogress.fastprogress import progress_bar
 
 from cifar_fastai.callbacks import read_metrics
-from cifar_fastai.evaluate import Predictions, class_accuracy
+from cifar_fastai.evaluate import Predictions, class_accuracy, predict
 from cifar_fastai.io import atomic_write
 from cifar_fastai.interpret import (PredictionsInterpretation, plot_class_accuracy, plot_confusion_matrix, plot_gradcam,
-                                    plot_misclassified, plot_top_losses, predict_test_set, top_mistakes)
+                                    plot_misclassified, plot_top_losses, top_mistakes)
 from cifar_fastai.plots import plot_augmentations, plot_curves
 from cifar_fastai.run import LR_PLOT, METRICS, read_config
 
@@ -51,7 +51,7 @@ def gradcam_run(learn: Learner, run, k: int = 25, order: str = 'confident', seed
     "Write the grid of `k` misclassified test images and their Grad-CAM grid into run folder `run`; the paths"
     run = Path(run)
     read_config(run)  # fail before predicting if `run` is not a run folder
-    p = predict_test_set(learn)
+    p = predict(learn)
     return _draw(_mistake_steps(learn, p, top_mistakes(p, k, order, seed)), run)
 
 
@@ -59,7 +59,7 @@ def interpret_run(learn: Learner, run, k: int = 25, order: str = 'confident', se
     "Write every picture and `report.md` into run folder `run`, predicting the test set once; the paths"
     run = Path(run)
     read_config(run)
-    p = predict_test_set(learn)
+    p = predict(learn)
     interp, idxs = PredictionsInterpretation(learn, p), top_mistakes(p, k, order, seed)
     steps = dict(class_accuracy=lambda path: plot_class_accuracy(p, path),
                  curves=lambda path: plot_curves(run, path),

@@ -7,8 +7,7 @@ import torch
 from PIL import Image
 
 from cifar_fastai.callbacks import read_metrics, write_metrics
-from cifar_fastai.evaluate import Predictions, class_accuracy
-from cifar_fastai.interpret import predict_test_set
+from cifar_fastai.evaluate import Predictions, class_accuracy, predict
 from cifar_fastai.report import PICTURES, REPORT, accuracy_markdown, gradcam_run, interpret_run, write_report
 from cifar_fastai.run import ConfigError
 
@@ -30,7 +29,7 @@ def test_interpret_run_writes_every_picture_then_the_report(reported):
 
 def test_report_has_the_per_class_table_with_the_ten_classes(reported):
     learn, _, _, text = reported
-    for c, a in class_accuracy(predict_test_set(learn)).items():
+    for c, a in class_accuracy(predict(learn)).items():
         assert re.search(rf'^\| {c} \| 20 \| \d+ \| {100 * a:.2f} % \|$', text, re.M), c
     assert len(learn.dls.vocab) == 10
 
