@@ -64,6 +64,7 @@ class ReduceLROnPlateau(Callback):
         if not _in_fit(self.learn) or _is_scheduled(self.learn): return
         if not (self.recorder.values and len(self.recorder.values[-1])): return  # an epoch skipped on resume
         value = float(self.recorder.values[-1][self.recorder.metric_names.index(self.monitor) - 1])
+        value = _from_rank0(value)  # the same decision on every process of a data-parallel run
         lrs = self.step(value, [h['lr'] for h in self.opt.hypers])
         for h, lr in zip(self.opt.hypers, lrs): h['lr'] = lr
 
@@ -136,6 +137,13 @@ def _all_reduce(t: torch.Tensor) -> torch.Tensor:
     if not (dist.is_available() and dist.is_initialized()): return t
     t = t.clone(); dist.all_reduce(t)
     return t
+
+
+def _from_rank0(value):
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()): return value
+    box = [value]; dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _is_main() -> bool:

@@ -7,7 +7,9 @@ import torch
 from fastai.callback.core import Callback, CancelEpochException
 from fastcore.basics import noop
 from fastcore.foundation import L
+from torch.nn.parallel import DistributedDataParallel
 
+from cifar_fastai.callbacks import _is_main
 from cifar_fastai.io import atomic_save
 
 __all__ = ['CHECKPOINT', 'Checkpoint', 'SkipEpochs', 'rng_state', 'set_rng_state', 'load_checkpoint', 'restore_checkpoint']
@@ -15,8 +17,13 @@ __all__ = ['CHECKPOINT', 'Checkpoint', 'SkipEpochs', 'rng_state', 'set_rng_state
 CHECKPOINT = 'checkpoint.pth'
 
 
+def _train_dl(learn):
+    "The training loader, out of the `DistributedDL` that holds it during a data-parallel fit (as `.dl`)"
+    return getattr(learn.dls.train, 'dl', learn.dls.train)
+
+
 def _aug_generators(learn) -> list:
-    return [g for t in learn.dls.train.after_item.fs if hasattr(t, 'generators') for g in t.generators()]
+    return [g for t in _train_dl(learn).after_item.fs if hasattr(t, 'generators') for g in t.generators()]
 
 
 def rng_state(learn) -> dict:
@@ -24,7 +31,7 @@ def rng_state(learn) -> dict:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     gens = _aug_generators(learn)
     return {'python': random.getstate(), 'numpy': (kind, torch.from_numpy(keys.copy()), pos, has_gauss, gauss),
-            'torch': torch.get_rng_state(), 'shuffle': learn.dls.train.rng.getstate(),
+            'torch': torch.get_rng_state(), 'shuffle': _train_dl(learn).rng.getstate(),
             'augs': [g.getstate() if isinstance(g, random.Random) else g.bit_generator.state for g in gens]}
 
 
@@ -34,7 +41,7 @@ def set_rng_state(learn, state: dict):
     kind, keys, pos, has_gauss, gauss = state['numpy']
     np.random.set_state((kind, keys.numpy(), pos, has_gauss, gauss))
     torch.set_rng_state(state['torch'])
-    learn.dls.train.rng.setstate(state['shuffle'])
+    _train_dl(learn).rng.setstate(state['shuffle'])
     for g, s in zip(_aug_generators(learn), state['augs'], strict=True):
         if isinstance(g, random.Random): g.setstate(s)
         else: g.bit_generator.state = s
@@ -49,7 +56,9 @@ class Checkpoint(Callback):
     def after_epoch(self):
         rows = self.learn.epoch_record.rows
         if not rows or rows[-1]['epoch'] != self.epoch + 1: return  # an epoch skipped on resume: nothing new
-        atomic_save({'epoch': len(rows), 'model': self.model.state_dict(), 'opt': _plain(self.opt.state_dict()),
+        if not _is_main(): return  # the processes of a data-parallel run hold the same weights: rank 0 saves them
+        model = self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
+        atomic_save({'epoch': len(rows), 'model': model.state_dict(), 'opt': _plain(self.opt.state_dict()),
                      'plateau': _plain(self.learn.reduce_lr_on_plateau.state_dict()), 'rng': rng_state(self.learn),
                      'rows': _plain(rows)}, self.path / CHECKPOINT)
 

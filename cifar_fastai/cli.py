@@ -4,6 +4,7 @@ import json
 import signal
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 __all__ = ['main', 'parser']
@@ -53,6 +54,8 @@ def parser() -> argparse.ArgumentParser:
         t.add_argument(f"--plateau-{name.replace('_', '-')}", dest=f'plateau_{name}', type=kind, default=getattr(d, f'plateau_{name}'),
                        help=f"ReduceLROnPlateau {name} (default %(default)s)")
     t.add_argument('--no-interpret', dest='interpret', action='store_false', help='skip the pictures and report at the end')
+    t.add_argument('--sync-bn', action='store_true', help='synchronise batch norm across the processes of a data-parallel '
+                                                          'run (CUDA only; see docs/distributed.md)')
     t.add_argument('--resume', type=Path, metavar='RUN', help='continue run folder RUN from its last complete epoch')
     _train_options(sub.add_parser('lr-find', help='run only the learning-rate range test'))
     for name, text in (('evaluate', 'print test accuracy overall and per class'),
@@ -77,19 +80,30 @@ def _sigterm(signum, frame): raise KeyboardInterrupt  # end like Ctrl-C: the las
 
 
 def _train(args):
+    from fastai.torch_core import rank_distrib
     from cifar_fastai.run import read_config, train
     out = args.resume or args.out or _default_out()
     if args.resume: read_config(args.resume)  # fail before loading data if it is not a run
     try: learn = train(_config(args), out, resume=bool(args.resume))
     except KeyboardInterrupt:
         sys.exit(f"\nInterrupted. {out} keeps every complete epoch; continue with: cifar-fastai train --resume {out}")
+    if rank_distrib(): return  # a data-parallel run reports from rank 0 alone
     print(f"Run folder: {out}")
     if read_config(out)['interpret']: _interpret(learn, out)
 
 
 def _interpret(learn, run):
     from cifar_fastai.report import interpret_run
-    for path in interpret_run(learn, run): print(f"wrote {path}")
+    with _alone():
+        for path in interpret_run(learn, run): print(f"wrote {path}")
+
+
+def _alone():
+    "After a data-parallel run, rank 0 interprets it by itself"
+    from fastai.torch_core import num_distrib
+    if num_distrib() <= 1: return nullcontext()
+    from cifar_fastai.distributed import single_process
+    return single_process()
 
 
 def _lr_find(args):

@@ -2,6 +2,7 @@
 import json
 import platform
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import fastai
 import torch
 from fastai.callback.schedule import minimum, slide, steep, valley
 from fastai.learner import Learner
+from fastai.torch_core import num_distrib, rank_distrib
+from fastcore.basics import noop
 
 from cifar_fastai.checkpoint import Checkpoint, SkipEpochs, load_checkpoint, restore_checkpoint
 from cifar_fastai.io import atomic_save, atomic_write, ensure_writable_dir
@@ -58,6 +61,7 @@ class RunConfig:
     workers: int | None = None      # loader processes; None: 0 on CPU, a few beside a GPU
     skip_bad: bool = False
     interpret: bool = True          # write the pictures and report.md at the end
+    sync_bn: bool = False           # nn.SyncBatchNorm across the processes of a data-parallel run (CUDA only)
 
     def check(self) -> 'RunConfig':
         "Raise `ConfigError` naming the first option out of range"
@@ -132,14 +136,32 @@ def _versions() -> dict:
 def _write_config(run: Path, config: RunConfig, learn: Learner, lr: float, dls, found: dict | None):
     record = {**asdict(config), 'found_lr': lr if found else None, 'lr_suggestions': found, 'lr_used': lr,
               'precision_used': learn.precision, 'device': str(dls.device), 'data_source': dls.data.source,
-              'classes': list(dls.vocab), 'n_train': len(dls.train_ds), 'n_test': len(dls.valid_ds), **_versions()}
+              'classes': list(dls.vocab), 'n_train': len(dls.train_ds), 'n_test': len(dls.valid_ds),
+              'processes': max(num_distrib(), 1), **_versions()}
     with atomic_write(run / CONFIG, 'w') as f: json.dump(record, f, indent=2)
 
 
-def _fit(learn: Learner, config: RunConfig, lr, run: Path, start_epoch: int = 0, cbs=None):
+def _launch(config: RunConfig, out):
+    "`cifar_fastai.distributed` with its process group up and rank 0's `out`, when launched as several processes"
+    if num_distrib() <= 1: return None, out
+    from cifar_fastai import distributed  # needs accelerate, which one process does not
+    distributed.start_process_group(config.sync_bn)
+    return distributed, distributed.broadcast_value(out)  # a default `out` is a time stamp: rank 0's names the run
+
+
+def _find_lr_on_main(learn: Learner, run: Path, config: RunConfig, parallel) -> dict:
+    "`find_lr` in one process, or on rank 0 alone with its result sent to every process"
+    find = lambda: find_lr(learn, run / LR_PLOT, config.lr_suggestion, config.lr_find_iters)
+    if parallel is None: return find()
+    with parallel.single_process(): found = None if rank_distrib() else find()
+    return parallel.broadcast_value(found)
+
+
+def _fit(learn: Learner, config: RunConfig, lr, run: Path, start_epoch: int = 0, cbs=None, parallel=None):
     cbs = [Checkpoint(run), SkipEpochs(start_epoch)] + list(cbs or [])
-    if config.schedule == 'one-cycle': learn.fit_one_cycle(config.epochs, lr_max=lr, cbs=cbs)
-    else: learn.fit(config.epochs, lr=lr, cbs=cbs)
+    with parallel.data_parallel(learn, config.sync_bn) if parallel else nullcontext():
+        if config.schedule == 'one-cycle': learn.fit_one_cycle(config.epochs, lr_max=lr, cbs=cbs)
+        else: learn.fit(config.epochs, lr=lr, cbs=cbs)
 
 
 def _save_final(learn: Learner, run: Path):
@@ -150,7 +172,10 @@ def _save_final(learn: Learner, run: Path):
 def train(config: RunConfig, out, resume: bool = False, cbs=None, log=print) -> Learner:
     "Train as `config` says in run folder `out` (or continue it when `resume`); return the `Learner`"
     config.check()
-    run = ensure_writable_dir(out)
+    parallel, out = _launch(config, out)
+    main = not rank_distrib()  # only rank 0 of a data-parallel run writes and logs
+    log = log if main else noop
+    run = ensure_writable_dir(out) if main else Path(out)
     if resume: config = RunConfig.from_dict(read_config(run)); state = load_checkpoint(run)
     dls = run_dls(config)
     log(f"Data: {dls.data.source}: {len(dls.train_ds)} train and {len(dls.valid_ds)} test images")
@@ -161,11 +186,11 @@ def train(config: RunConfig, out, resume: bool = False, cbs=None, log=print) -> 
         lr = read_config(run)['lr_used'] if config.schedule == 'one-cycle' else [h['lr'] for h in learn.opt.hypers]
         log(f"Resuming {run} after epoch {done} of {config.epochs}")
     else:
-        found = find_lr(learn, run / LR_PLOT, config.lr_suggestion, config.lr_find_iters) if config.lr == 'find' else None
+        found = _find_lr_on_main(learn, run, config, parallel) if config.lr == 'find' else None
         done, lr = 0, found['lr'] if found else float(config.lr)
         if found: log(f"lr_find suggests {lr:.3g} ({config.lr_suggestion}); plot in {run / LR_PLOT}")
-        _write_config(run, config, learn, lr, dls, found)
+        if main: _write_config(run, config, learn, lr, dls, found)
     log(f"Training {config.epochs - done} epochs, precision {learn.precision}, schedule {config.schedule}")
-    _fit(learn, config, lr, run, start_epoch=done, cbs=cbs)
-    _save_final(learn, run)
+    _fit(learn, config, lr, run, start_epoch=done, cbs=cbs, parallel=parallel)
+    if main: _save_final(learn, run)
     return learn

@@ -1,0 +1,123 @@
+"Data-parallel training through fastai's Accelerate integration: nccl between CUDA devices, gloo between CPU processes"
+import os
+from contextlib import contextmanager
+
+import torch
+import torch.distributed as dist
+from fastai.callback.progress import ProgressCallback
+from fastai.learner import Learner
+from fastai.torch_core import rank_distrib
+from torch import nn
+
+from cifar_fastai.run import ConfigError
+from cifar_fastai.transforms import AlbumentationsTransform
+
+try: from fastai.distributed import DistributedDL, DistributedTrainer
+except (ImportError, NameError) as e:  # fastai.distributed names accelerate's `Accelerator` when it is imported
+    raise ImportError("Data-parallel training needs Hugging Face Accelerate: pip install accelerate") from e
+
+__all__ = ['start_process_group', 'broadcast_value', 'single_process', 'CollectiveDL',
+           'DataParallelTrainer', 'data_parallel', 'seed_by_rank', 'revert_sync_batchnorm']
+
+
+def _check_sync_bn(sync_bn: bool):
+    if sync_bn and not torch.cuda.is_available():
+        raise ConfigError("--sync-bn needs CUDA devices: torch's SyncBatchNorm has no CPU kernel "
+                          "(aten::batch_norm_stats); leave it out when training on CPU processes")
+
+
+def start_process_group(sync_bn: bool = False):
+    "Join the processes of this launch (torchrun, `accelerate launch`): nccl, one CUDA device each, or gloo on CPU"
+    # accelerate's `PartialState` starts the group and sets each process's CUDA device, in place of fastai's
+    # `setup_distrib`, which assumes CUDA: https://github.com/fastai/fastai/blob/master/fastai/distributed.py
+    from accelerate import PartialState
+    _check_sync_bn(sync_bn)
+    if not torch.cuda.is_available(): return PartialState(cpu=True, backend='gloo')
+    return PartialState(backend='cuda:nccl,cpu:gloo')  # gloo beside nccl for the CPU tensors `EpochRecord` all-reduces
+
+
+def broadcast_value(value, src: int = 0):
+    "`value` of process `src` on every process (any picklable object); `value` itself outside a process group"
+    if not (dist.is_available() and dist.is_initialized()): return value
+    box = [value]
+    dist.broadcast_object_list(box, src=src)  # on the current CUDA device with nccl, on the CPU with gloo
+    return box[0]
+
+
+@contextmanager
+def single_process():
+    "Inside the block fastai works on this process alone, e.g. rank 0's `lr_find` or its interpretation of the run"
+    # fastai gathers every loss, metric and prediction across processes whenever `WORLD_SIZE` > 1 (`maybe_gather` in
+    # https://github.com/fastai/fastai/blob/master/fastai/torch_core.py), and would wait for the others forever
+    before = os.environ.get('WORLD_SIZE')
+    os.environ['WORLD_SIZE'] = '1'
+    try: yield
+    finally:
+        if before is None: os.environ.pop('WORLD_SIZE', None)
+        else: os.environ['WORLD_SIZE'] = before
+
+
+def _collective_device() -> torch.device:
+    "The device whose tensors the process group exchanges: the current CUDA device for nccl alone, else the CPU"
+    return torch.device('cuda', torch.cuda.current_device()) if dist.get_backend() == 'nccl' else torch.device('cpu')
+
+
+class CollectiveDL(DistributedDL):
+    "fastai's `DistributedDL` (each process takes its share of rank 0's order) with any backend; `idxs`: this epoch's share"
+    idxs = None
+
+    def get_idxs(self):
+        self.idxs = super().get_idxs()
+        return self.idxs
+
+    def _broadcast(self, t, rank):
+        # fastai's `DistributedDL._broadcast` puts the indices on `.cuda()` (nccl only), which fails on CPU processes:
+        # https://github.com/fastai/fastai/blob/master/fastai/distributed.py
+        t = torch.tensor(t, dtype=torch.long, device=_collective_device())
+        dist.broadcast(t, rank)
+        return t.cpu().tolist()
+
+
+class DataParallelTrainer(DistributedTrainer):
+    "fastai's `DistributedTrainer` with `CollectiveDL` loaders, and plain `BatchNorm2d` back in the model after the fit"
+    def _wrap_dl(self, dl): return dl if isinstance(dl, DistributedDL) else CollectiveDL(dl, device=self.learn.model.device)
+
+    def after_fit(self):
+        super().after_fit()
+        if self.sync_bn: self.learn.model = revert_sync_batchnorm(self.learn.model)
+
+
+@contextmanager
+def data_parallel(learn: Learner, sync_bn: bool = False):
+    "Fit `learn` data-parallel in the block: a disjoint share of each epoch per process, gradients averaged by DDP"
+    # fastai's `Learner.distrib_ctx` with `DataParallelTrainer` for its `DistributedTrainer`, and augmentations
+    # drawn apart on each process (`seed_by_rank`)
+    _check_sync_bn(sync_bn)
+    seed_by_rank(learn.dls)
+    trainer = DataParallelTrainer(sync_bn=sync_bn, cpu=not torch.cuda.is_available())
+    learn.add_cb(trainer)
+    if rank_distrib(): learn.remove_cb(ProgressCallback)  # one progress bar, rank 0's
+    try: yield learn
+    finally:
+        learn.remove_cb(trainer)
+        if rank_distrib() and not hasattr(learn, 'progress'): learn.add_cb(ProgressCallback())
+
+
+def seed_by_rank(dls, rank: int | None = None):
+    "Give the augmentations of process `rank` > 0 their own seed: the same draws on every process would repeat crops"
+    rank = rank_distrib() if rank is None else rank
+    for t in dls.train.after_item.fs:
+        # `set_seed(s)` seeds the train pipeline with s and the test one with s + 1: rank r takes seed + 2r
+        if rank and isinstance(t, AlbumentationsTransform) and t.seed is not None: t.set_seed(t.seed + 2 * rank)
+
+
+def revert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    "Undo `nn.SyncBatchNorm.convert_sync_batchnorm` for 2d batch norm, keeping the same parameters and statistics"
+    if not isinstance(module, nn.SyncBatchNorm):
+        for name, child in module.named_children(): setattr(module, name, revert_sync_batchnorm(child))
+        return module
+    bn = nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+    if module.affine: bn.weight, bn.bias = module.weight, module.bias  # the optimizer keeps these very tensors
+    if module.track_running_stats:
+        bn.running_mean, bn.running_var, bn.num_batches_tracked = module.running_mean, module.running_var, module.num_batches_tracked
+    return bn.train(module.training)

@@ -1,0 +1,157 @@
+"Data-parallel training on two CPU processes (gloo): disjoint shares, one set of weights, one run folder, rank 0's lr"
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from fastai.callback.core import Callback
+from torch import nn
+
+pytest.importorskip('accelerate')
+from cifar_fastai.distributed import broadcast_value, revert_sync_batchnorm, single_process, start_process_group
+
+WORLD = 2
+LIMIT = 900  # seconds before a hang fails the test; the launch takes about 70 on two shared cores
+
+
+class DrawnIndices(Callback):
+    "Write the item indices this process drew, and how many it trained on, to `folder`/drawn-<rank>.json"
+    order = 90
+
+    def __init__(self, folder: Path): self.folder = Path(folder)
+    def before_fit(self): self.drawn, self.trained = {'train': [], 'test': []}, 0
+    def after_train(self): self.drawn['train'] += list(self.dl.idxs)
+    def after_validate(self): self.drawn['test'] += list(self.dl.idxs)
+
+    def after_batch(self):
+        if self.training: self.trained += len(self.yb[0])
+
+    def after_fit(self):
+        rank = torch.distributed.get_rank()
+        (self.folder / f'drawn-{rank}.json').write_text(json.dumps({**self.drawn, 'trained': self.trained}))
+
+
+class InterruptAfter(Callback):
+    "Raise `KeyboardInterrupt` once epoch `n` is complete and checkpointed, as Ctrl-C would"
+    order = 90
+
+    def __init__(self, n): self.n = n
+    def after_epoch(self):
+        if self.epoch + 1 == self.n: raise KeyboardInterrupt
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _save(learn, path: Path):
+    torch.save({k: v.clone() for k, v in learn.model.state_dict().items()}, path)
+
+
+def _worker(rank: int, port: int, tmp: Path):
+    "One process of the launch, as torchrun would start it: a found-lr run, then an interrupted and resumed one"
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_WORLD_SIZE=str(WORLD),
+                      MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    from cifar_fastai.run import RunConfig, train
+    quiet = dict(log=lambda *a: None)
+    # bs 50: each process's 250 training images make whole batches, so nothing is dropped
+    config = RunConfig(data='sample', epochs=1, bs=50, lr='find', lr_find_iters=25, interpret=False)
+    learn = train(config, tmp / ('run' if rank == 0 else f'run-of-rank-{rank}'), cbs=[DrawnIndices(tmp)], **quiet)
+    _save(learn, tmp / f'weights-{rank}.pth')
+    (tmp / f'seen-{rank}.json').write_text(json.dumps({
+        'path': str(learn.path), 'lr': learn.opt.hypers[-1]['lr'], 'broadcast': broadcast_value({'from': rank})}))
+    resumable = RunConfig(data='sample', epochs=2, bs=50, lr=0.02, interpret=False)
+    with pytest.raises(KeyboardInterrupt): train(resumable, tmp / 'cut', cbs=[InterruptAfter(1)], **quiet)
+    torch.distributed.barrier()  # rank 0 has written the checkpoint
+    _save(train(resumable, tmp / 'cut', resume=True, **quiet), tmp / f'resumed-{rank}.pth')
+
+
+@pytest.fixture(scope='module')
+def launch(tmp_path_factory):
+    "Run `_worker` on two CPU processes with gloo; the folder they wrote in"
+    import torch.multiprocessing as mp
+    tmp = tmp_path_factory.mktemp('data_parallel')
+    context = mp.start_processes(_worker, args=(_free_port(), tmp), nprocs=WORLD, join=False, start_method='spawn')
+    deadline = time.monotonic() + LIMIT
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for p in context.processes: p.kill()
+            pytest.fail(f'the {WORLD} processes did not finish within {LIMIT} s')
+    return tmp
+
+
+def _read(path: Path): return json.loads(path.read_text())
+
+
+def test_processes_draw_disjoint_shares_that_cover_each_epoch(launch):
+    drawn = [_read(launch / f'drawn-{r}.json') for r in range(WORLD)]
+    for split, n in (('train', 500), ('test', 200)):
+        shares = [set(d[split]) for d in drawn]
+        assert [len(d[split]) for d in drawn] == [n // WORLD] * WORLD
+        assert not shares[0] & shares[1]
+        assert shares[0] | shares[1] == set(range(n))
+    assert [d['trained'] for d in drawn] == [500 // WORLD] * WORLD
+
+
+def test_weights_are_identical_on_every_process(launch):
+    ws = [torch.load(launch / f'weights-{r}.pth') for r in range(WORLD)]
+    assert ws[0].keys() == ws[1].keys()
+    for k in ws[0]: assert torch.equal(ws[0][k], ws[1][k]), k
+    assert not any('module.' in k for k in ws[0])
+
+
+def test_only_rank0_writes_one_run_folder(launch):
+    assert sorted(p.name for p in launch.iterdir() if p.is_dir()) == ['cut', 'run']
+    assert {'config.json', 'metrics.csv', 'checkpoint.pth', 'model.pth', 'export.pkl', 'lr_find.png'} <= {
+        p.name for p in (launch / 'run').iterdir()}
+    assert [_read(launch / f'seen-{r}.json')['path'] for r in range(WORLD)] == [str(launch / 'run')] * WORLD
+    config = _read(launch / 'run' / 'config.json')
+    assert config['processes'] == WORLD
+    assert len((launch / 'run' / 'metrics.csv').read_text().splitlines()) == 2  # header and one epoch, written once
+
+
+def test_lr_found_on_rank0_reaches_every_process(launch):
+    config = _read(launch / 'run' / 'config.json')
+    assert config['lr_used'] == config['lr_suggestions']['minimum'] != 0.01  # 0.01: the placeholder before the finder
+    seen = [_read(launch / f'seen-{r}.json') for r in range(WORLD)]
+    assert [s['lr'] for s in seen] == [config['lr_used']] * WORLD
+    assert [s['broadcast'] for s in seen] == [{'from': 0}] * WORLD
+
+
+def test_resume_continues_on_every_process_from_rank0s_checkpoint(launch):
+    from cifar_fastai.callbacks import read_metrics
+    assert [r['epoch'] for r in read_metrics(launch / 'cut' / 'metrics.csv')] == [1, 2]
+    ws = [torch.load(launch / f'resumed-{r}.pth') for r in range(WORLD)]
+    for k in ws[0]: assert torch.equal(ws[0][k], ws[1][k]), k
+    final = torch.load(launch / 'cut' / 'model.pth')
+    for k in ws[0]: assert torch.equal(ws[0][k], final[k]), k
+
+
+def test_revert_sync_batchnorm_gives_plain_batchnorm_with_the_same_tensors():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Sequential(nn.ReLU(), nn.BatchNorm2d(4)))
+    model(torch.randn(8, 3, 6, 6))  # running statistics away from their defaults
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    weight = synced[1].weight
+    plain = revert_sync_batchnorm(synced).eval()
+    assert [type(m) for m in plain.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] == [nn.BatchNorm2d] * 2
+    assert plain[1].weight is weight  # the optimizer's tensor, not a copy
+    for k, v in plain.state_dict().items(): assert torch.equal(v, before[k]), k
+
+
+def test_sync_bn_on_cpu_says_it_needs_cuda():
+    from cifar_fastai.run import ConfigError
+    if torch.cuda.is_available(): pytest.skip('CUDA is present: SyncBatchNorm is available')
+    with pytest.raises(ConfigError, match='--sync-bn needs CUDA'): start_process_group(sync_bn=True)
+
+
+def test_broadcast_and_single_process_are_no_ops_in_one_process(monkeypatch):
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    with single_process(): assert os.environ['WORLD_SIZE'] == '1'
+    assert os.environ['WORLD_SIZE'] == '2'
+    assert broadcast_value({'lr': 0.1}) == {'lr': 0.1}
