@@ -1,5 +1,6 @@
 "A training run as a folder: configuration, learning-rate finder, fit with checkpoints, weights, export"
 import json
+import os
 import platform
 import time
 from contextlib import nullcontext
@@ -112,8 +113,12 @@ def find_lr(learn: Learner, plot_path: Path | None = None, suggestion: str = 'mi
     "fastai's LR range test (weights and optimizer restored afterwards): every suggestion, `suggestion` under 'lr'"
     import matplotlib.pyplot as plt
     if suggestion not in LR_SUGGESTIONS: raise ConfigError(f"--lr-suggestion must be one of {', '.join(LR_SUGGESTIONS)}, got {suggestion!r}")
-    found = learn.lr_find(num_it=num_it, show_plot=False, suggest_funcs=tuple(LR_SUGGESTIONS.values()))._asdict()
-    found = {k: float(v) for k, v in found.items()} | {'lr': float(found[suggestion]), 'suggestion': suggestion}
+    learn.lr_find(num_it=num_it, show_plot=False, suggest_funcs=None)
+    found = _suggestions(learn.recorder, num_it)
+    if found[suggestion] is None:
+        raise ConfigError(f"lr_find recorded too few points for the '{suggestion}' rule: raise --lr-find-iters "
+                          f"(now {num_it}) or choose another --lr-suggestion")
+    found |= {'lr': found[suggestion], 'suggestion': suggestion}
     if plot_path is not None:
         learn.recorder.plot_lr_find()  # fastai's plot (it returns no figure: take the current one)
         fig, ax = plt.gcf(), plt.gca()
@@ -126,11 +131,30 @@ def find_lr(learn: Learner, plot_path: Path | None = None, suggestion: str = 'mi
     return found
 
 
+def _suggestions(recorder, num_it: int) -> dict:
+    "Every rule's suggestion from the recorded range test, None where too few points were recorded"
+    # the same points as fastai's `Learner.lr_find`: the first tenth and the last five left out, up to a NaN
+    lrs, losses = torch.tensor(recorder.lrs[num_it // 10:-5]), torch.tensor(recorder.losses[num_it // 10:-5])
+    n = int(torch.isnan(losses).nonzero().min()) if torch.isnan(losses).any() else len(losses)
+    found = {}
+    for name, rule in LR_SUGGESTIONS.items():
+        try: found[name] = float(rule(lrs[:n], losses[:n], num_it)[0])
+        except (IndexError, ValueError, RuntimeError): found[name] = None
+    return found
+
+
+def _processor() -> str:
+    "The CPU's model name (`platform.processor()` is empty on Linux)"
+    try: names = [l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')]
+    except OSError: names = []
+    return names[0] if names else platform.processor()
+
+
 def _versions() -> dict:
     import albumentations
     return {'python': platform.python_version(), 'torch': torch.__version__, 'fastai': fastai.__version__,
             'albumentations': albumentations.__version__, 'machine': platform.machine(),
-            'processor': platform.processor(), 'threads': torch.get_num_threads()}
+            'processor': _processor(), 'cores': os.cpu_count(), 'threads': torch.get_num_threads()}
 
 
 def _write_config(run: Path, config: RunConfig, learn: Learner, lr: float, dls, found: dict | None):
@@ -169,6 +193,22 @@ def _save_final(learn: Learner, run: Path):
     learn.export(run / EXPORT)
 
 
+def _resume(learn: Learner, run: Path, config: RunConfig, log) -> tuple:
+    "Put `run`'s last checkpoint into `learn`: the epochs done and the learning rate to go on with"
+    done = restore_checkpoint(learn, load_checkpoint(run))
+    log(f"Resuming {run} after epoch {done} of {config.epochs}")
+    return done, read_config(run)['lr_used'] if config.schedule == 'one-cycle' else [h['lr'] for h in learn.opt.hypers]
+
+
+def _start(learn: Learner, run: Path, config: RunConfig, parallel, log) -> tuple:
+    "Find the learning rate if asked and write `config.json`: no epochs done, and the rate to train with"
+    found = _find_lr_on_main(learn, run, config, parallel) if config.lr == 'find' else None
+    lr = found['lr'] if found else float(config.lr)
+    if found: log(f"lr_find suggests {lr:.3g} ({config.lr_suggestion}); plot in {run / LR_PLOT}")
+    if not rank_distrib(): _write_config(run, config, learn, lr, learn.dls, found)
+    return 0, lr
+
+
 def train(config: RunConfig, out, resume: bool = False, cbs=None, log=print) -> Learner:
     "Train as `config` says in run folder `out` (or continue it when `resume`); return the `Learner`"
     config.check()
@@ -176,20 +216,14 @@ def train(config: RunConfig, out, resume: bool = False, cbs=None, log=print) -> 
     main = not rank_distrib()  # only rank 0 of a data-parallel run writes and logs
     log = log if main else noop
     run = ensure_writable_dir(out) if main else Path(out)
-    if resume: config = RunConfig.from_dict(read_config(run)); state = load_checkpoint(run)
+    if resume: config = RunConfig.from_dict(read_config(run))
+    elif main and (run / CONFIG).exists():
+        raise ConfigError(f"{run} already holds a run: continue it with --resume {run}, or choose another --out")
     dls = run_dls(config)
     log(f"Data: {dls.data.source}: {len(dls.train_ds)} train and {len(dls.valid_ds)} test images")
     learn = run_learner(dls, config, run)
     learn.epoch_record.csv_path = run / METRICS
-    if resume:
-        done = restore_checkpoint(learn, state)
-        lr = read_config(run)['lr_used'] if config.schedule == 'one-cycle' else [h['lr'] for h in learn.opt.hypers]
-        log(f"Resuming {run} after epoch {done} of {config.epochs}")
-    else:
-        found = _find_lr_on_main(learn, run, config, parallel) if config.lr == 'find' else None
-        done, lr = 0, found['lr'] if found else float(config.lr)
-        if found: log(f"lr_find suggests {lr:.3g} ({config.lr_suggestion}); plot in {run / LR_PLOT}")
-        if main: _write_config(run, config, learn, lr, dls, found)
+    done, lr = _resume(learn, run, config, log) if resume else _start(learn, run, config, parallel, log)
     log(f"Training {config.epochs - done} epochs, precision {learn.precision}, schedule {config.schedule}")
     _fit(learn, config, lr, run, start_epoch=done, cbs=cbs, parallel=parallel)
     if main: _save_final(learn, run)

@@ -1,4 +1,5 @@
 "Runs that stop keep every complete epoch and resume to the same weights and learning rates"
+import errno
 import signal
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import pytest
 import torch
 from fastai.callback.core import Callback
 
+from cifar_fastai import io
 from cifar_fastai.callbacks import read_metrics
 from cifar_fastai.checkpoint import CHECKPOINT, load_checkpoint
 from cifar_fastai.run import RunConfig, train
@@ -43,3 +45,83 @@ def test_resume_gives_the_weights_and_lrs_of_an_uninterrupted_run(tmp_path, sche
     assert [r['test_loss'] for r in b] == pytest.approx([r['test_loss'] for r in a], rel=1e-4)
     for (k, v), w in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.allclose(v.float(), w.float(), atol=1e-5), k
+
+
+def _cli(*args):
+    return [sys.executable, '-m', 'cifar_fastai.cli', 'train', '--data', 'sample', '--lr', '0.02', '--bs', '64',
+            '--no-interpret', *args]
+
+
+def _wait_for_epoch(run, n, proc, timeout=300):
+    "Wait until `run` has a checkpoint of epoch `n` or later"
+    start = time.time()
+    while time.time() - start < timeout:
+        if (run / CHECKPOINT).exists() and load_checkpoint(run)['epoch'] >= n: return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    pytest.fail(f'no checkpoint of epoch {n} after {timeout} s')
+
+
+@pytest.mark.parametrize('sig', [signal.SIGKILL, signal.SIGTERM])  # SIGINT takes the SIGTERM path
+def test_a_killed_run_resumes_with_no_epoch_lost_or_repeated(tmp_path, sig):
+    run = tmp_path / 'run'
+    proc = subprocess.Popen(_cli('--epochs', '3', '--out', str(run)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_epoch(run, 1, proc)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    done = load_checkpoint(run)['epoch']
+    assert 1 <= done < 3 and [r['epoch'] for r in read_metrics(run / 'metrics.csv')] == list(range(1, done + 1))
+    if sig != signal.SIGKILL: assert proc.returncode == 1 and f'--resume {run}' in err
+    resumed = subprocess.run(_cli('--resume', str(run)), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [r['epoch'] for r in read_metrics(run / 'metrics.csv')] == [1, 2, 3]
+    assert not list(run.glob('.*.tmp'))  # no half-written file left behind
+
+
+class BlowUpAt(Callback):
+    "Set an absurd learning rate at the start of epoch `n`, so that the loss overflows"
+    def __init__(self, n): self.n = n
+    def before_epoch(self):
+        if self.epoch + 1 == self.n: self.opt.set_hypers(lr=1e12)
+
+
+def test_a_non_finite_loss_stops_the_run_naming_epoch_and_batch(tmp_path):
+    from cifar_fastai.callbacks import NonFiniteLossError
+    with pytest.raises(NonFiniteLossError, match=r'at epoch 2, batch \d+.*lower --lr'):
+        train(_config(epochs=3), tmp_path, cbs=[BlowUpAt(2)], **quiet)
+    state = load_checkpoint(tmp_path)
+    assert state['epoch'] == 1 and all(torch.isfinite(v).all() for v in state['model'].values() if v.is_floating_point())
+
+
+class FillDiskAfter(Callback):
+    "After epoch `n` is checkpointed, make every later `torch.save` fail as on a full disk"
+    order = 90
+
+    def __init__(self, n, path, monkeypatch): self.n, self.path, self.monkeypatch = n, path, monkeypatch
+    def after_epoch(self):
+        if self.epoch + 1 != self.n: return
+        self.saved = (self.path / CHECKPOINT).read_bytes()
+        def full_disk(obj, f):
+            f.write(b'partial')
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        self.monkeypatch.setattr(io.torch, 'save', full_disk)
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    fill = FillDiskAfter(1, tmp_path, monkeypatch)
+    with pytest.raises(OSError, match='Could not write .*checkpoint.pth.*intact'):
+        train(_config(epochs=2), tmp_path, cbs=[fill], **quiet)
+    assert (tmp_path / CHECKPOINT).read_bytes() == fill.saved and not list(tmp_path.glob('.*.tmp'))
+
+
+def test_a_new_run_refuses_a_folder_that_holds_one(tmp_path):
+    from cifar_fastai.run import ConfigError
+    (tmp_path / 'config.json').write_text('{}')
+    with pytest.raises(ConfigError, match='already holds a run.*--resume'): train(_config(), tmp_path, **quiet)
+
+
+def test_an_output_folder_that_cannot_be_made_is_named(tmp_path, capsys):
+    from cifar_fastai import cli
+    (tmp_path / 'file').write_text('not a folder')
+    with pytest.raises(SystemExit) as e: cli.main(['train', '--data', 'sample', '--out', str(tmp_path / 'file' / 'run')])
+    assert e.value.code != 0 and 'Cannot write in output folder' in str(e.value) and str(tmp_path / 'file') in str(e.value)
