@@ -1,0 +1,98 @@
+"Fast paths, same answers: every precision trains, channels_last computes the same, our loader matches the reference's"
+import copy
+import importlib.util
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from cifar_fastai.data import read_cifar10
+from cifar_fastai.learner import cifar_learner
+from cifar_fastai.loaders import cifar_dls
+from cifar_fastai.models import BasicBlock, resnet18
+from cifar_fastai.precision import DTYPES, Autocast, resolve_precision
+from tests.helpers import synthetic_cifar
+
+BENCH = Path(__file__).resolve().parents[1]/'scripts'/'bench_speed.py'
+
+
+@pytest.fixture(scope='module')
+def bench():
+    "The benchmark script as a module (scripts/ is not a package), so its reference path is pinned here too"
+    spec = importlib.util.spec_from_file_location('bench_speed', BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _small_cnn():
+    "A CIFAR-shaped classifier small enough for fp16 on CPU, which has no fast fp16 convolutions (minutes for a ResNet18)"
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, stride=2, padding=1, bias=False), torch.nn.BatchNorm2d(16),
+                               torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 10))
+
+
+@pytest.mark.parametrize('precision', ['fp32', 'bf16', 'fp16', 'auto'])
+def test_every_precision_trains_with_finite_losses(precision):
+    dls = cifar_dls(synthetic_cifar(n_train=32, n_test=16), bs=16, seed=0, device='cpu')
+    learn = cifar_learner(dls, model=_small_cnn(), lr=0.01, precision=precision, channels_last=True)
+    with learn.no_bar(), learn.no_logging(): learn.fit(1)
+    resolved = resolve_precision(precision, 'cpu')
+    assert learn.precision == resolved
+    autocasts = [cb.dtype for cb in learn.cbs if isinstance(cb, Autocast)]
+    assert autocasts == ([DTYPES[resolved]] if resolved in DTYPES else [])
+    assert len(learn.recorder.losses) == 2 and all(math.isfinite(float(l)) for l in learn.recorder.losses)
+    row = learn.epoch_record.rows[-1]
+    assert all(math.isfinite(row[k]) for k in ('train_loss', 'test_loss'))
+    assert learn.model[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def _stem():
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1, bias=False), torch.nn.BatchNorm2d(64))
+
+
+@pytest.mark.parametrize('make, n_in', [(_stem, 3), (lambda: BasicBlock(64, 128, stride=2), 64),
+                                        (lambda: resnet18(n_out=10), 3)], ids=['stem', 'block', 'resnet18'])
+def test_channels_last_computes_what_the_default_layout_does(make, n_in):
+    torch.manual_seed(0)
+    model = make()
+    for m in model.modules():  # non-trivial batch-norm statistics, so eval mode is not an identity
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5); m.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    x = torch.randn(4, n_in, 32, 32)
+    fast = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected, actual = model(x), fast(x.contiguous(memory_format=torch.channels_last))
+    assert actual.shape == expected.shape and actual.abs().max() > 0.1
+    torch.testing.assert_close(actual.contiguous(), expected, atol=1e-5, rtol=1e-5)
+
+
+def _write_pngs(root: Path, n_per_class: int = 3, classes=('cat', 'dog', 'ship')) -> None:
+    "Random 32x32 RGB images as PNG files in `root/{train,test}/<class>/`"
+    rng = np.random.default_rng(0)
+    for split in ('train', 'test'):
+        for c in classes:
+            (root/split/c).mkdir(parents=True)
+            for i in range(n_per_class):
+                rgb = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                assert cv2.imwrite(str(root/split/c/f'{i:04d}.png'), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+
+@pytest.mark.parametrize('split', ['train', 'test'])
+def test_loader_yields_the_reference_pixels_without_augmentation(bench, tmp_path, split):
+    _write_pngs(tmp_path)
+    files, labels, classes = bench.first_files(tmp_path, split, 3)
+    ref = bench.ReferenceDataset(files, labels, aug=None)
+    ref_x = torch.stack([ref[i][0] for i in range(len(ref))])
+    dls = cifar_dls(read_cifar10(tmp_path, cache=False, progress=False), bs=4, augs=None, shuffle=False, device='cpu')
+    dl = dls.train if split == 'train' else dls.valid
+    batches = list(dl)
+    ours_x = torch.cat([xb for xb, _ in batches]).as_subclass(torch.Tensor)
+    ours_y = torch.cat([yb for _, yb in batches]).as_subclass(torch.Tensor)
+    assert classes == list(dls.vocab) and ours_x.shape == (9, 3, 32, 32)
+    assert ours_y.tolist() == labels
+    torch.testing.assert_close(ours_x, ref_x, atol=1e-6, rtol=0)
+
