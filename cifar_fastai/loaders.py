@@ -24,15 +24,16 @@ class ArrayImage(Transform):
     def encodes(self, img: PILImage) -> TensorImage: return self.encodes(np.asarray(img.convert('RGB')))
     def encodes(self, fn: Path | str) -> TensorImage: return self.encodes(PILImage.create(fn))
 
-    def __getstate__(self):  # `learn.export` keeps the pipeline, not 180 MB of pixels
-        return {**self.__dict__, 'images': None}
+    exporting = False  # set by `CifarLearner.export`: the export keeps the pipeline, not 180 MB of pixels
+
+    def __getstate__(self): return {**self.__dict__, 'images': None} if ArrayImage.exporting else self.__dict__
 
 
 class ArrayLabel(Transform):
     "Class name of item `i` from the in-memory integer `labels`"
     def __init__(self, labels: np.ndarray | None = None, classes=()): self.labels, self.classes = labels, list(classes)
     def encodes(self, i: int) -> str: return self.classes[self.labels[i]]
-    def __getstate__(self): return {**self.__dict__, 'labels': None}
+    def __getstate__(self): return {**self.__dict__, 'labels': None} if ArrayImage.exporting else self.__dict__
 
 
 def default_workers(device: torch.device) -> int:

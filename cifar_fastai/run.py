@@ -190,7 +190,7 @@ def _fit(learn: Learner, config: RunConfig, lr, run: Path, start_epoch: int = 0,
 
 def _save_final(learn: Learner, run: Path):
     atomic_save({k: v.contiguous() for k, v in learn.model.state_dict().items()}, run / WEIGHTS)
-    learn.export(run / EXPORT)
+    learn.export(EXPORT)  # fastai writes it under `learn.path`, which is `run`
 
 
 def _resume(learn: Learner, run: Path, config: RunConfig, log) -> tuple:
@@ -215,7 +215,7 @@ def train(config: RunConfig, out, resume: bool = False, cbs=None, log=print) -> 
     parallel, out = _launch(config, out)
     main = not rank_distrib()  # only rank 0 of a data-parallel run writes and logs
     log = log if main else noop
-    run = ensure_writable_dir(out) if main else Path(out)
+    run = (ensure_writable_dir(out) if main else Path(out)).absolute()  # `learn.path`: fastai joins names to it
     if resume: config = RunConfig.from_dict(read_config(run))
     elif main and (run / CONFIG).exists():
         raise ConfigError(f"{run} already holds a run: continue it with --resume {run}, or choose another --out")

@@ -1,5 +1,6 @@
-"Tiny synthetic CIFAR-shaped data for tests that need a `DataLoaders` but not real images"
+"Test helpers: tiny synthetic CIFAR-shaped data, and a callback that interrupts a fit like Ctrl-C"
 import numpy as np
+from fastai.callback.core import Callback
 
 from cifar_fastai.data import Cifar10
 
@@ -15,3 +16,12 @@ def synthetic_cifar(n_train: int = 64, n_test: int = 32, seed: int = 0) -> Cifar
         return x, y
     (trx, try_), (tex, tey) = split(n_train), split(n_test)
     return Cifar10(trx, try_, tex, tey, CLASSES, 'synthetic')
+
+
+class InterruptAfter(Callback):
+    "Raise `KeyboardInterrupt` once epoch `n` is complete and checkpointed, as Ctrl-C would"
+    order = 90
+
+    def __init__(self, n): self.n = n
+    def after_epoch(self):
+        if self.epoch + 1 == self.n: raise KeyboardInterrupt

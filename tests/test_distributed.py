@@ -10,8 +10,8 @@ import torch
 from fastai.callback.core import Callback
 from torch import nn
 
-pytest.importorskip('accelerate')
 from cifar_fastai.distributed import broadcast_value, revert_sync_batchnorm, single_process, start_process_group
+from tests.helpers import InterruptAfter
 
 WORLD = 2
 LIMIT = 900  # seconds before a hang fails the test; the launch takes about 70 on two shared cores
@@ -32,15 +32,6 @@ class DrawnIndices(Callback):
     def after_fit(self):
         rank = torch.distributed.get_rank()
         (self.folder / f'drawn-{rank}.json').write_text(json.dumps({**self.drawn, 'trained': self.trained}))
-
-
-class InterruptAfter(Callback):
-    "Raise `KeyboardInterrupt` once epoch `n` is complete and checkpointed, as Ctrl-C would"
-    order = 90
-
-    def __init__(self, n): self.n = n
-    def after_epoch(self):
-        if self.epoch + 1 == self.n: raise KeyboardInterrupt
 
 
 def _free_port() -> int:

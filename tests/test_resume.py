@@ -13,17 +13,9 @@ from cifar_fastai import io
 from cifar_fastai.callbacks import read_metrics
 from cifar_fastai.checkpoint import CHECKPOINT, load_checkpoint
 from cifar_fastai.run import RunConfig, train
+from tests.helpers import InterruptAfter
 
 quiet = dict(log=lambda *a: None)
-
-
-class InterruptAfter(Callback):
-    "Raise `KeyboardInterrupt` once epoch `n` is complete and checkpointed, as Ctrl-C would"
-    order = 90
-
-    def __init__(self, n): self.n = n
-    def after_epoch(self):
-        if self.epoch + 1 == self.n: raise KeyboardInterrupt
 
 
 def _config(**kw):
