@@ -8,6 +8,7 @@ import torch
 from fastai.callback.core import Callback
 from fastai.callback.schedule import ParamScheduler
 
+from cifar_fastai.collective import all_reduce_sum, broadcast_value, is_main
 from cifar_fastai.io import atomic_write
 
 __all__ = ['ReduceLROnPlateau', 'EpochRecord', 'NonFiniteLossError', 'StopOnNonFinite', 'METRIC_COLUMNS']
@@ -64,7 +65,7 @@ class ReduceLROnPlateau(Callback):
         if not _in_fit(self.learn) or _is_scheduled(self.learn): return
         if not (self.recorder.values and len(self.recorder.values[-1])): return  # an epoch skipped on resume
         value = float(self.recorder.values[-1][self.recorder.metric_names.index(self.monitor) - 1])
-        value = _from_rank0(value)  # the same decision on every process of a data-parallel run
+        value = broadcast_value(value)  # the same decision on every process of a data-parallel run
         lrs = self.step(value, [h['lr'] for h in self.opt.hypers])
         for h, lr in zip(self.opt.hypers, lrs): h['lr'] = lr
 
@@ -109,13 +110,13 @@ class EpochRecord(Callback):
 
     def after_epoch(self):
         if not _in_fit(self.learn) or self.sums['train'][2] == 0: return
-        sums = {k: _all_reduce(v) for k, v in self.sums.items()}
+        sums = {k: all_reduce_sum(v) for k, v in self.sums.items()}
         (trl, trc, trn), (tel, tec, ten) = (sums[k].tolist() for k in ('train', 'test'))
         row = dict(epoch=len(self.rows) + 1, train_loss=trl / trn, train_accuracy=trc / trn,
                    test_loss=tel / max(ten, 1), test_accuracy=tec / max(ten, 1),
                    lr=self.lr_sum / self.n_batches, seconds=time.time() - self.start)
         self.rows.append(row)
-        if self.csv_path is not None and _is_main(): write_metrics(self.csv_path, self.rows)
+        if self.csv_path is not None and is_main(): write_metrics(self.csv_path, self.rows)
 
 
 def write_metrics(path: Path, rows: list):
@@ -130,22 +131,3 @@ def read_metrics(path: Path) -> list:
     "Read a `metrics.csv` written by `write_metrics` back into rows of numbers"
     with open(path, newline='') as f:
         return [{k: (int(v) if k == 'epoch' else float(v)) for k, v in r.items()} for r in csv.DictReader(f)]
-
-
-def _all_reduce(t: torch.Tensor) -> torch.Tensor:
-    import torch.distributed as dist
-    if not (dist.is_available() and dist.is_initialized()): return t
-    t = t.clone(); dist.all_reduce(t)
-    return t
-
-
-def _from_rank0(value):
-    import torch.distributed as dist
-    if not (dist.is_available() and dist.is_initialized()): return value
-    box = [value]; dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _is_main() -> bool:
-    import torch.distributed as dist
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0

@@ -9,6 +9,7 @@ from fastai.learner import Learner
 from fastai.torch_core import rank_distrib
 from torch import nn
 
+from cifar_fastai.collective import broadcast_value
 from cifar_fastai.run import ConfigError
 from cifar_fastai.transforms import AlbumentationsTransform
 
@@ -34,14 +35,6 @@ def start_process_group(sync_bn: bool = False):
     _check_sync_bn(sync_bn)
     if not torch.cuda.is_available(): return PartialState(cpu=True, backend='gloo')
     return PartialState(backend='cuda:nccl,cpu:gloo')  # gloo beside nccl for the CPU tensors `EpochRecord` all-reduces
-
-
-def broadcast_value(value, src: int = 0):
-    "`value` of process `src` on every process (any picklable object); `value` itself outside a process group"
-    if not (dist.is_available() and dist.is_initialized()): return value
-    box = [value]
-    dist.broadcast_object_list(box, src=src)  # on the current CUDA device with nccl, on the CPU with gloo
-    return box[0]
 
 
 @contextmanager

@@ -1,0 +1,29 @@
+"What the processes of a data-parallel run share, as plain `torch.distributed` calls that do nothing in one process"
+import torch
+import torch.distributed as dist
+
+__all__ = ['in_process_group', 'is_main', 'all_reduce_sum', 'broadcast_value']
+
+
+def in_process_group() -> bool: return dist.is_available() and dist.is_initialized()
+
+
+def is_main() -> bool:
+    "Whether this is the process that writes files: rank 0, or the only one"
+    return not in_process_group() or dist.get_rank() == 0
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    "The sum of `t` over every process (a copy; `t` itself outside a process group)"
+    if not in_process_group(): return t
+    t = t.clone()
+    dist.all_reduce(t)
+    return t
+
+
+def broadcast_value(value, src: int = 0):
+    "`value` of process `src` on every process (any picklable object); `value` itself outside a process group"
+    if not in_process_group(): return value
+    box = [value]
+    dist.broadcast_object_list(box, src=src)  # on the current CUDA device with nccl, on the CPU with gloo
+    return box[0]
