@@ -1,5 +1,5 @@
 "Read CIFAR-10 as uint8 arrays from the official batches, class folders of images, the bundled sample or a download"
-import hashlib, os, stat, tempfile, warnings
+import hashlib, os, stat, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -10,6 +10,7 @@ from fastprogress.fastprogress import progress_bar
 from PIL import Image, UnidentifiedImageError
 
 from cifar_fastai.batches import Cifar10Error, is_batches_dir, read_batches
+from cifar_fastai.io import atomic_write
 
 __all__ = ['CIFAR10_CLASSES', 'SAMPLE', 'CACHE_NAME', 'Cifar10', 'Cifar10Error', 'Source', 'resolve_source',
            'find_cifar10', 'read_cifar10', 'read_folders', 'read_npz', 'save_npz', 'cache_dir']
@@ -267,16 +268,6 @@ def _write_cache(root: Path, arrays: dict, fingerprint: str):
 
 
 def _save_atomic(path: Path, arrays: dict):
-    "Write `arrays` to `path` through a temporary file in the same folder, so readers never see half a file"
+    "Write `arrays` to `path` so that readers never see half a file"
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            np.savez(f, **arrays)  # uncompressed: CIFAR pixels shrink little and load 10x faster this way
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f: np.savez(f, **arrays)  # uncompressed: CIFAR pixels shrink little, load 10x faster
