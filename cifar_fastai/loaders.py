@@ -1,4 +1,5 @@
 "fastai `DataLoaders` over CIFAR-10 held in memory: train = the train split, valid = the test split"
+import os
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,6 @@ class ArrayLabel(Transform):
 
 def default_workers(device: torch.device) -> int:
     "Loader processes: none on CPU, where they compete with the model for cores; a few beside a GPU"
-    import os
     return 0 if device.type == 'cpu' else min(8, os.cpu_count() or 1)
 
 
