@@ -11,7 +11,7 @@ from fastai.callback.schedule import ParamScheduler
 from cifar_fastai.collective import all_reduce_sum, broadcast_value, is_main
 from cifar_fastai.io import atomic_write
 
-__all__ = ['ReduceLROnPlateau', 'EpochRecord', 'NonFiniteLossError', 'StopOnNonFinite', 'METRIC_COLUMNS']
+__all__ = ['ReduceLROnPlateau', 'EpochRecord', 'NonFiniteLossError', 'StopOnNonFinite', 'METRIC_COLUMNS', 'format_row']
 
 METRIC_COLUMNS = ('epoch', 'train_loss', 'train_accuracy', 'test_loss', 'test_accuracy', 'lr', 'seconds')
 
@@ -94,8 +94,8 @@ class EpochRecord(Callback):
     "Per epoch: mean train loss and accuracy, test loss and accuracy, learning rate and seconds; kept in `rows`"
     order, run_valid = 55, True
 
-    def __init__(self, csv_path: Path | None = None, rows: list | None = None):
-        self.csv_path, self.rows = csv_path, list(rows or [])
+    def __init__(self, csv_path: Path | None = None, rows: list | None = None, log=None):
+        self.csv_path, self.rows, self.log = csv_path, list(rows or []), log  # `log`: called with each epoch's line
 
     def before_epoch(self):
         self.start, self.lr_sum, self.n_batches = time.time(), 0., 0
@@ -117,6 +117,14 @@ class EpochRecord(Callback):
                    lr=self.lr_sum / self.n_batches, seconds=time.time() - self.start)
         self.rows.append(row)
         if self.csv_path is not None and is_main(): write_metrics(self.csv_path, self.rows)
+        if self.log is not None: self.log(format_row(row, self.n_epoch))
+
+
+def format_row(row: dict, n_epoch: int | None = None) -> str:
+    "One line for a `metrics.csv` row: what the progress table shows, for logs that are not a terminal"
+    of = f"/{n_epoch}" if n_epoch else ''
+    return (f"epoch {row['epoch']}{of}: train loss {row['train_loss']:.4f} accuracy {row['train_accuracy']:.2%} | "
+            f"test loss {row['test_loss']:.4f} accuracy {row['test_accuracy']:.2%} | lr {row['lr']:.3g} | {row['seconds']:.0f} s")
 
 
 def write_metrics(path: Path, rows: list):

@@ -84,17 +84,18 @@ def _train(args):
     from cifar_fastai.run import read_config, train
     out = args.resume or args.out or _default_out()
     if args.resume: read_config(args.resume)  # fail before loading data if it is not a run
-    try: learn = train(_config(args), out, resume=bool(args.resume))
+    bars = sys.stdout.isatty()  # in a log file, a line per epoch instead of every progress update
+    try: learn = train(_config(args), out, resume=bool(args.resume), progress=bars)
     except KeyboardInterrupt:
         sys.exit(f"\nInterrupted. {out} keeps every complete epoch; continue with: cifar-fastai train --resume {out}")
     if rank_distrib(): return  # a data-parallel run reports from rank 0 alone
     print(f"Run folder: {out}")
-    if read_config(out)['interpret']: _interpret(learn, out)
+    if read_config(out)['interpret']: _interpret(learn, out, bars)
 
 
-def _interpret(learn, run):
+def _interpret(learn, run, bars: bool = True):
     from cifar_fastai.report import interpret_run
-    with _alone():
+    with _alone(), nullcontext() if bars else learn.no_bar():
         for path in interpret_run(learn, run): print(f"wrote {path}")
 
 

@@ -209,8 +209,9 @@ def _start(learn: Learner, run: Path, config: RunConfig, parallel, log) -> tuple
     return 0, lr
 
 
-def train(config: RunConfig, out, resume: bool = False, cbs=None, log=print) -> Learner:
+def train(config: RunConfig, out, resume: bool = False, cbs=None, log=print, progress: bool = True) -> Learner:
     "Train as `config` says in run folder `out` (or continue it when `resume`); return the `Learner`"
+    # progress=False: no fastai bars (a log file would get every update), a `log` line per epoch instead
     config.check()
     parallel, out = _launch(config, out)
     main = not rank_distrib()  # only rank 0 of a data-parallel run writes and logs
@@ -222,9 +223,10 @@ def train(config: RunConfig, out, resume: bool = False, cbs=None, log=print) -> 
     dls = run_dls(config)
     log(f"Data: {dls.data.source}: {len(dls.train_ds)} train and {len(dls.valid_ds)} test images")
     learn = run_learner(dls, config, run)
-    learn.epoch_record.csv_path = run / METRICS
-    done, lr = _resume(learn, run, config, log) if resume else _start(learn, run, config, parallel, log)
-    log(f"Training {config.epochs - done} epochs, precision {learn.precision}, schedule {config.schedule}")
-    _fit(learn, config, lr, run, start_epoch=done, cbs=cbs, parallel=parallel)
+    learn.epoch_record.csv_path, learn.epoch_record.log = run / METRICS, None if progress else log
+    with nullcontext() if progress else learn.no_bar():
+        done, lr = _resume(learn, run, config, log) if resume else _start(learn, run, config, parallel, log)
+        log(f"Training {config.epochs - done} epochs, precision {learn.precision}, schedule {config.schedule}")
+        _fit(learn, config, lr, run, start_epoch=done, cbs=cbs, parallel=parallel)
     if main: _save_final(learn, run)
     return learn

@@ -80,3 +80,22 @@ def test_bad_options_exit_2_with_one_line_before_loading_data(argv, message, mon
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and message in err[-1]
     assert not (tmp_path / 'runs').exists()
+
+
+def test_without_progress_bars_a_run_logs_one_line_per_epoch_matching_metrics(tmp_path, capsys):
+    from cifar_fastai.callbacks import format_row
+    from cifar_fastai.run import RunConfig, train
+    lines = []
+    train(RunConfig(data='sample', epochs=2, bs=100, lr=0.02, interpret=False), tmp_path / 'run', log=lines.append, progress=False)
+    rows = read_metrics(tmp_path / 'run' / 'metrics.csv')
+    epoch_lines = [l for l in lines if l.startswith('epoch ')]
+    assert epoch_lines == [format_row(r, 2) for r in rows]  # the csv keeps 6 digits: the lines round further
+    assert epoch_lines[0].startswith('epoch 1/2: train loss ')
+    assert '%' not in capsys.readouterr().out  # fastai's bars print percentages; nothing reached stdout
+
+
+def test_format_row_reads_like_the_progress_table():
+    from cifar_fastai.callbacks import format_row
+    row = dict(epoch=3, train_loss=1.23456, train_accuracy=0.5, test_loss=0.98765, test_accuracy=0.7054, lr=0.0057544, seconds=389.6)
+    assert format_row(row, 5) == ('epoch 3/5: train loss 1.2346 accuracy 50.00% | test loss 0.9877 accuracy 70.54% | '
+                                  'lr 0.00575 | 390 s')
