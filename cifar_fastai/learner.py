@@ -44,10 +44,11 @@ class CifarLearner(Learner):
 
 def cifar_learner(dls, model=None, lr: float = 0.05, momentum: float = 0.9, wd: float = 5e-4, wd_mode: str = 'l2',
                   precision: str = 'auto', channels_last: bool = True, plateau: ReduceLROnPlateau | dict | None = None,
-                  cbs=None, **kwargs) -> Learner:
+                  label_smoothing: float = 0., cbs=None, **kwargs) -> Learner:
     "A `Learner` training `model` (default the CIFAR `resnet18`) with SGD + momentum and ReduceLROnPlateau on test loss"
     if wd_mode not in WD_MODES: raise ValueError(f"`wd_mode` must be one of {WD_MODES}, got {wd_mode!r}")
     if not lr > 0: raise ValueError(f"`lr` must be a positive number, got {lr!r}")
+    if not 0 <= label_smoothing < 1: raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing!r}")
     model = resnet18(n_out=len(dls.vocab)) if model is None else model
     opt_func = partial(SGD, mom=momentum, decouple_wd=wd_mode == 'decoupled')  # 'l2': wd * weight added to the gradient
     plateau = ReduceLROnPlateau(**plateau) if isinstance(plateau, dict) else (plateau or ReduceLROnPlateau())
@@ -56,8 +57,9 @@ def cifar_learner(dls, model=None, lr: float = 0.05, momentum: float = 0.9, wd: 
         warnings.warn("fp16 on a CPU has no fast convolution kernels and trains hundreds of times slower: use 'bf16' or 'auto'")
     extra = [StopOnNonFinite(), EpochRecord(), plateau] + ([Autocast(DTYPES[precision])] if precision in DTYPES else [])
     extra += [ChannelsLast()] if channels_last else []
-    learn = CifarLearner(dls, model.to(dls.device), loss_func=CrossEntropyLossFlat(), opt_func=opt_func, lr=lr, wd=wd,
-                    metrics=accuracy, cbs=extra + list(cbs or []), **kwargs)
+    loss_func = CrossEntropyLossFlat(label_smoothing=label_smoothing)
+    learn = CifarLearner(dls, model.to(dls.device), loss_func=loss_func, opt_func=opt_func, lr=lr, wd=wd,
+                         metrics=accuracy, cbs=extra + list(cbs or []), **kwargs)
     learn.recorder.train_metrics = True  # training accuracy per epoch, as the reference reports plotted
     learn.precision = precision
     return learn

@@ -63,3 +63,16 @@ def test_default_learner_trains_the_cifar_resnet18_with_sgd_momentum(dls):
     assert sum(p.numel() for p in learn.model.parameters()) == 11_173_962
     assert learn.opt.hypers[0]['mom'] == 0.9 and learn.wd == 5e-4
     assert learn.recorder.train_metrics
+
+
+@pytest.mark.parametrize('eps', [0., 0.1, 0.2])
+def test_label_smoothing_loss_is_the_hand_computed_mixture(dls, eps):
+    learn = cifar_learner(dls, label_smoothing=eps, precision='fp32')
+    logits, y = torch.randn(6, 10, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 3, 9, 1, 1, 5])
+    logp = logits.log_softmax(-1)
+    expected = ((1 - eps) * -logp[torch.arange(6), y] + eps * -logp.mean(-1)).mean()  # eps spread evenly over the 10 classes
+    assert float(learn.loss_func(logits, y)) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_label_smoothing_out_of_range_is_refused(dls):
+    with pytest.raises(ValueError, match='label_smoothing'): cifar_learner(dls, label_smoothing=1.0)
