@@ -137,12 +137,13 @@ def _configuration(config: dict) -> str:
     lr = f"{g('lr')} (found {config['found_lr']:.3g})" if config.get('found_lr') else g('lr')
     plateau = ('ReduceLROnPlateau on test loss: ' + ', '.join(f"{k} {g('plateau_' + k)}" for k in
                ('factor', 'patience', 'threshold', 'cooldown', 'min_lr'))) if g('schedule') == 'plateau' else g('schedule')
-    augs = (f"pad {g('pad')} (reflect) + random 32x32 crop, horizontal flip {g('flip')}, "
-            f"cutout {g('cutout')}x{g('cutout')} with p {g('cutout_p')}")
+    crop = f"pad {g('pad')} (reflect) + random 32x32 crop" if config.get('pad') else 'no crop'
+    augs = f"{crop}, horizontal flip {g('flip')}, cutout {g('cutout')}x{g('cutout')} with p {g('cutout_p')}"
     data = f"`--data {config['data']}`" if config.get('data') else 'found by the default search'
     rows = [('data', f"{g('data_source')} ({data})"), ('epochs', g('epochs')), ('batch size', g('bs')),
             ('learning rate', lr), ('optimizer', f"SGD, momentum {g('momentum')}"),
-            ('weight decay', f"{g('wd')} ({g('wd_mode')})"), ('schedule', plateau), ('augmentation', augs),
+            ('weight decay', f"{g('wd')} ({g('wd_mode')})"), ('label smoothing', config.get('label_smoothing', 0)),
+            ('schedule', plateau), ('augmentation', augs),
             ('precision', f"{g('precision')} -> {g('precision_used')}, channels_last {g('channels_last')}"),
             ('seed', g('seed')), ('versions', ', '.join(f'{k} {g(k)}' for k in ('python', 'torch', 'fastai', 'albumentations')))]
     return _table(['option', 'value'], rows)

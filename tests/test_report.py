@@ -92,3 +92,10 @@ def test_accuracy_markdown_of_a_hand_computed_case():
     p = Predictions(torch.eye(3)[[0, 1, 2, 0]], torch.tensor([0, 1, 2, 1]), ['cat', 'dog', 'frog'])
     assert accuracy_markdown(p).splitlines()[2:] == ['| cat | 1 | 1 | 100.00 % |', '| dog | 2 | 1 | 50.00 % |',
                                                      '| frog | 1 | 1 | 100.00 % |', '| **all** | 4 | 3 | **75.00 %** |']
+
+
+@pytest.mark.parametrize('pad,text', [(0, 'no crop, horizontal flip True'), (4, 'pad 4 (reflect) + random 32x32 crop')])
+def test_configuration_table_names_the_crop_and_label_smoothing(pad, text):
+    from cifar_fastai.report import _configuration
+    table = _configuration(dict(pad=pad, flip=True, cutout=16, cutout_p=0.5, label_smoothing=0.1, schedule='plateau'))
+    assert text in table and '| label smoothing | 0.1 |' in table
