@@ -53,8 +53,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument('--epochs', type=int, default=d.epochs, help='epochs (default %(default)s, as the reference reports)')
     t.add_argument('--schedule', default=d.schedule, help=f"one of {', '.join(SCHEDULES)} (default %(default)s)")
     for name, kind in (('factor', float), ('patience', int), ('threshold', float), ('cooldown', int), ('min_lr', float)):
-        t.add_argument(f"--plateau-{name.replace('_', '-')}", dest=f'plateau_{name}', type=kind, default=getattr(d, f'plateau_{name}'),
-                       help=f"ReduceLROnPlateau {name} (default %(default)s)")
+        auto = name == 'patience'  # None: RunConfig takes a tenth of the epochs
+        t.add_argument(f"--plateau-{name.replace('_', '-')}", dest=f'plateau_{name}', type=kind,
+                       default=None if auto else getattr(d, f'plateau_{name}'),
+                       help=f"ReduceLROnPlateau {name} (default {'a tenth of --epochs, rounded down' if auto else '%(default)s'})")
     t.add_argument('--no-interpret', dest='interpret', action='store_false', help='skip the pictures and report at the end')
     t.add_argument('--sync-bn', action='store_true', help='synchronise batch norm across the processes of a data-parallel '
                                                           'run (CUDA only; see docs/distributed.md)')

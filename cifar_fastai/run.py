@@ -3,7 +3,7 @@ import json
 import os
 import platform
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -48,8 +48,8 @@ class RunConfig:
     wd_mode: str = 'l2'             # 'l2': added to the gradient, as the reports; or 'decoupled'
     label_smoothing: float = 0.     # torch's `CrossEntropyLoss(label_smoothing=...)`; 0: plain cross-entropy, as the reports
     schedule: str = 'plateau'       # ReduceLROnPlateau on test loss, or fastai's 'one-cycle'
-    plateau_factor: float = 0.1     # torch's ReduceLROnPlateau defaults
-    plateau_patience: int = 10
+    plateau_factor: float = 0.1     # torch's ReduceLROnPlateau defaults, but for the patience
+    plateau_patience: int | None = None  # None: a tenth of the epochs (0 for 5, 5 for 50); torch's 10 never acts in a short run
     plateau_threshold: float = 1e-4
     plateau_cooldown: int = 0
     plateau_min_lr: float = 0.
@@ -65,6 +65,9 @@ class RunConfig:
     interpret: bool = True          # write the pictures and report.md at the end
     sync_bn: bool = False           # nn.SyncBatchNorm across the processes of a data-parallel run (CUDA only)
 
+    def __post_init__(self):
+        if self.plateau_patience is None and isinstance(self.epochs, int): self.plateau_patience = self.epochs // 10
+
     def check(self) -> 'RunConfig':
         "Raise `ConfigError` naming the first option out of range"
         for name in ('epochs', 'bs', 'lr_find_iters'):
@@ -79,6 +82,8 @@ class RunConfig:
         for name in ('momentum', 'wd', 'cutout_p', 'plateau_min_lr'):
             if getattr(self, name) < 0: raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)!r}")
         if not 0 <= self.label_smoothing < 1: raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        if not (isinstance(self.plateau_patience, int) and self.plateau_patience >= 0):
+            raise ConfigError(f"--plateau-patience must be a whole number >= 0, got {self.plateau_patience!r}")
         if not 0 < self.plateau_factor < 1: raise ConfigError(f"--plateau-factor must be in (0, 1), got {self.plateau_factor!r}")
         return self
 
@@ -212,6 +217,13 @@ def _start(learn: Learner, run: Path, config: RunConfig, parallel, log) -> tuple
     return 0, lr
 
 
+def _quiet(learn: Learner) -> ExitStack:
+    "No fastai progress bars, and no fastai print of each epoch's raw values (which it makes when the bars are off)"
+    stack = ExitStack()
+    for context in (learn.no_bar(), learn.no_logging()): stack.enter_context(context)
+    return stack
+
+
 def train(config: RunConfig, out, resume: bool = False, cbs=None, log=print, progress: bool = True) -> Learner:
     "Train as `config` says in run folder `out` (or continue it when `resume`); return the `Learner`"
     # progress=False: no fastai bars (a log file would get every update), a `log` line per epoch instead
@@ -227,7 +239,7 @@ def train(config: RunConfig, out, resume: bool = False, cbs=None, log=print, pro
     log(f"Data: {dls.data.source}: {len(dls.train_ds)} train and {len(dls.valid_ds)} test images")
     learn = run_learner(dls, config, run)
     learn.epoch_record.csv_path, learn.epoch_record.log = run / METRICS, None if progress else log
-    with nullcontext() if progress else learn.no_bar():
+    with nullcontext() if progress else _quiet(learn):
         done, lr = _resume(learn, run, config, log) if resume else _start(learn, run, config, parallel, log)
         log(f"Training {config.epochs - done} epochs, precision {learn.precision}, schedule {config.schedule}")
         _fit(learn, config, lr, run, start_epoch=done, cbs=cbs, parallel=parallel)
