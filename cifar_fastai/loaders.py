@@ -42,7 +42,7 @@ def default_workers(device: torch.device) -> int:
     return 0 if device.type == 'cpu' else min(8, os.cpu_count() or 1)
 
 
-def cifar_dls(source=None, bs: int = 128, augs='default', valid_augs=None, seed: int | None = None,
+def cifar_dls(source=None, bs: int = 64, augs='default', valid_augs=None, seed: int | None = None,
               num_workers: int | None = None, device=None, val_bs: int | None = None, **kwargs) -> DataLoaders:
     "CIFAR-10 `DataLoaders` from `source` (a path, 'sample', 'cifar10', a `Cifar10` or None to search)"
     if not isinstance(bs, int) or bs < 1: raise ValueError(f"`bs` must be a whole number >= 1, got {bs!r}")

@@ -39,7 +39,7 @@ class RunConfig:
     "Every option of a training run, as written to `config.json`"
     data: str | None = None         # path, 'sample', 'cifar10', or None: full CIFAR-10 if found, else the sample
     epochs: int = 50                # as the reference reports
-    bs: int = 128
+    bs: int = 64                    # twice the steps per epoch of 128, for 5% less throughput on a CPU
     lr: float | str = 'find'        # a number, or 'find' for the suggestion of `lr_find`
     lr_suggestion: str = 'minimum'  # which of fastai's `lr_find` suggestions 'find' uses
     lr_find_iters: int = 100        # batches of the range test (fastai's default)
@@ -53,7 +53,7 @@ class RunConfig:
     plateau_threshold: float = 1e-4
     plateau_cooldown: int = 0
     plateau_min_lr: float = 0.
-    pad: int = 4                    # pixels of reflection padding before the random 32x32 crop; 0: no crop
+    pad: int = 0                    # reflection padding before a random 32x32 crop; 0: no crop, as the reports
     flip: bool = True
     cutout: int = 16                # side of the square hole in pixels; 0: no cutout
     cutout_p: float = 0.5

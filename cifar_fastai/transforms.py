@@ -19,9 +19,9 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
-def cifar_augs(pad: int = 4, flip: bool = True, cutout: int = 16, cutout_p: float = 0.5,
+def cifar_augs(pad: int = 0, flip: bool = True, cutout: int = 16, cutout_p: float = 0.5,
                fill: Sequence[int] | None = None) -> A.Compose:
-    "The reference training pipeline: pad `pad` + random 32x32 crop (reflect), horizontal flip, `cutout`x`cutout` hole"
+    "The reports' training pipeline, horizontal flip and a `cutout`x`cutout` hole; `pad` > 0 adds a reflect-pad random crop"
     for name, value in (('pad', pad), ('cutout', cutout)):
         if not isinstance(value, int) or value < 0: raise ValueError(f"`{name}` must be a whole number >= 0, got {value!r}")
     if not 0 <= cutout_p <= 1: raise ValueError(f"`cutout_p` must be a probability in [0, 1], got {cutout_p!r}")
