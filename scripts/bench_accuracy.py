@@ -34,9 +34,22 @@ def table(runs: list) -> str:
 
 def describe(run) -> str:
     c = read_config(run)
-    return (f"- `{Path(run).name}`: {c['schedule']}, lr {c['lr_used']:.3g} ({'lr_find ' + c['lr_suggestion'] if c['lr'] == 'find' else 'fixed'}), "
-            f"bs {c['bs']}, SGD momentum {c['momentum']}, wd {c['wd']} ({c['wd_mode']}), precision {c['precision_used']}, "
-            f"seed {c['seed']}, {c['n_train']} train / {c['n_test']} test images, {c.get('processor') or platform.processor()}")
+    lr = f"lr {c['lr_used']:.3g} ({'lr_find ' + c['lr_suggestion'] if c['lr'] == 'find' else 'fixed'})"
+    schedule = f"plateau (patience {c['plateau_patience']})" if c['schedule'] == 'plateau' else c['schedule']
+    augs = (f"pad {c['pad']} + crop, " if c['pad'] else '') + f"flip, cutout {c['cutout']} p {c['cutout_p']}"
+    smoothing = f", label smoothing {c['label_smoothing']}" if c.get('label_smoothing') else ''
+    return (f"- `{Path(run).name}`: {schedule}, {lr}, bs {c['bs']}, {augs}{smoothing}, SGD momentum {c['momentum']}, "
+            f"wd {c['wd']} ({c['wd_mode']}), precision {c['precision_used']}, seed {c['seed']}, "
+            f"{c['n_train']} train / {c['n_test']} test images, {c.get('processor') or platform.processor()}; {leads(run)}")
+
+
+def leads(run) -> str:
+    "Whether `run` is ahead of the reference log at each of its epochs that the log has"
+    ours = {m['epoch']: 100 * m['test_accuracy'] for m in read_metrics(Path(run) / METRICS)}
+    ahead = [e for e in REFERENCE_EPOCHS if e in ours and ours[e] > REFERENCE_EPOCHS[e]]
+    compared = [e for e in REFERENCE_EPOCHS if e in ours]
+    stopped = f" (it stopped after epoch {max(ours)})" if len(compared) < len(REFERENCE_EPOCHS) else ''
+    return f"ahead of the reference log at {len(ahead)} of {len(compared)} epochs{stopped}" + (': every one' if ahead == compared else '')
 
 
 def main():
@@ -45,11 +58,12 @@ def main():
     p.add_argument('--data', help='CIFAR-10 folder to train on (omit with --runs)')
     p.add_argument('--epochs', type=int, default=5)
     p.add_argument('--schedule', default='plateau')
+    p.add_argument('--seed', type=int, default=RunConfig.seed)
     p.add_argument('--out', type=Path, help='run folder of the training')
     args = p.parse_args()
     runs = list(args.runs)
     if args.data:
-        train(RunConfig(data=args.data, epochs=args.epochs, schedule=args.schedule, interpret=False), args.out)
+        train(RunConfig(data=args.data, epochs=args.epochs, schedule=args.schedule, seed=args.seed, interpret=False), args.out)
         runs.append(args.out)
     print('\n'.join(describe(r) for r in runs) + '\n\n' + table(runs))
 
