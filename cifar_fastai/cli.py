@@ -94,12 +94,12 @@ def _train(args):
         sys.exit(f"\nInterrupted. {out} keeps every complete epoch; continue with: cifar-fastai train --resume {out}")
     if rank_distrib(): return  # a data-parallel run reports from rank 0 alone
     print(f"Run folder: {out}")
-    if read_config(out)['interpret']: _interpret(learn, out, bars)
+    if read_config(out)['interpret']: _interpret(learn, out)
 
 
-def _interpret(learn, run, bars: bool = True):
+def _interpret(learn, run):
     from cifar_fastai.report import interpret_run
-    with _alone(), nullcontext() if bars else learn.no_bar():
+    with _alone(), _bars(learn):
         for path in interpret_run(learn, run): print(f"wrote {path}")
 
 
@@ -122,15 +122,23 @@ def _lr_find(args):
     print(f"lr_find suggests {found['lr']:.3g} ({config.lr_suggestion}); all: {found}; plot in {out / 'lr_find.png'}")
 
 
+def _bars(learn):
+    "fastai's progress bars in a terminal; none when the output goes to a file"
+    return nullcontext() if sys.stdout.isatty() else learn.no_bar()
+
+
 def _evaluate(args):
     from cifar_fastai.evaluate import format_accuracy, load_run, predict
-    print(format_accuracy(predict(load_run(args.run, args.data))))
+    learn = load_run(args.run, args.data)
+    with _bars(learn): print(format_accuracy(predict(learn)))
 
 
 def _run_command(args, name):
     from cifar_fastai.evaluate import load_run
     from cifar_fastai import report
-    for path in getattr(report, f'{name}_run')(load_run(args.run, args.data), args.run): print(f"wrote {path}")
+    learn = load_run(args.run, args.data)
+    with _bars(learn): paths = getattr(report, f'{name}_run')(learn, args.run)
+    for path in paths: print(f"wrote {path}")
 
 
 def main(argv=None):
