@@ -97,7 +97,7 @@ def data_parallel(learn: Learner, sync_bn: bool = False):
 
 
 def seed_by_rank(dls, rank: int | None = None):
-    "Give the augmentations of process `rank` > 0 their own seed: the same draws on every process would repeat crops"
+    "Give the augmentations of process `rank` > 0 their own seed: the same draws on every process would repeat flips and holes"
     rank = rank_distrib() if rank is None else rank
     for t in dls.train.after_item.fs:
         # `set_seed(s)` seeds the train pipeline with s and the test one with s + 1: rank r takes seed + 2r
