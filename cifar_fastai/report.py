@@ -3,6 +3,7 @@ import platform
 from pathlib import Path
 from statistics import mean
 
+from fastai.callback.progress import ProgressCallback
 from fastai.learner import Learner
 from fastprogress.fastprogress import progress_bar
 
@@ -26,10 +27,15 @@ REFERENCE_FINAL = (88.6, 90.33)
 REFERENCE_EPOCHS = {1: 58.58, 2: 63.98, 3: 67.39, 4: 73.58, 5: 82.56}  # one reference report's log, epochs 1-5
 
 
-def _draw(steps: dict, run: Path) -> list:
-    "Call each `steps[name](path)` with `path` the picture's fixed file in `run`, showing progress; the paths"
+def _shows_bars(learn: Learner) -> bool:
+    "Whether `learn` shows fastai's progress bars (not inside `learn.no_bar()`)"
+    return any(isinstance(cb, ProgressCallback) for cb in learn.cbs)
+
+
+def _draw(steps: dict, run: Path, bar: bool = True) -> list:
+    "Call each `steps[name](path)` with `path` the picture's fixed file in `run`, showing progress if `bar`; the paths"
     paths = []
-    for name in progress_bar(list(steps), leave=False):
+    for name in progress_bar(list(steps), leave=False) if bar else list(steps):
         steps[name](run / PICTURES[name])
         paths.append(run / PICTURES[name])
     return paths
@@ -52,7 +58,7 @@ def gradcam_run(learn: Learner, run, k: int = 25, order: str = 'confident', seed
     run = Path(run)
     read_config(run)  # fail before predicting if `run` is not a run folder
     p = predict(learn)
-    return _draw(_mistake_steps(learn, p, top_mistakes(p, k, order, seed)), run)
+    return _draw(_mistake_steps(learn, p, top_mistakes(p, k, order, seed)), run, _shows_bars(learn))
 
 
 def interpret_run(learn: Learner, run, k: int = 25, order: str = 'confident', seed: int = 0) -> list[Path]:
@@ -67,7 +73,7 @@ def interpret_run(learn: Learner, run, k: int = 25, order: str = 'confident', se
                  **_mistake_steps(learn, p, idxs),
                  confusion_matrix=lambda path: plot_confusion_matrix(interp, path),
                  top_losses=lambda path: plot_top_losses(interp, path=path))
-    paths = _draw(steps, run)
+    paths = _draw(steps, run, _shows_bars(learn))
     return paths + [write_report(run, p, mistakes=_mistakes_text(len(idxs), order, seed))]
 
 

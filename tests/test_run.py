@@ -59,6 +59,15 @@ def test_export_loads_with_load_learner_and_predicts_an_image(sample_run, tmp_pa
     assert (run / 'export.pkl').stat().st_size < 60e6  # the pixels of the data set are not in it
 
 
+def test_gradcam_into_a_file_prints_only_the_paths_it_wrote(sample_run, tmp_path, capsys):
+    _, run = sample_run
+    copy = tmp_path / 'run'
+    copy.mkdir()
+    for name in ('config.json', 'metrics.csv', 'model.pth'): (copy / name).write_bytes((run / name).read_bytes())
+    cli.main(['gradcam', str(copy)])  # pytest's captured stdout is not a terminal: no bars
+    assert capsys.readouterr().out.splitlines() == [f'wrote {copy / n}' for n in ('misclassified.png', 'gradcam.png')]
+
+
 def test_evaluate_prints_per_class_and_overall_accuracy(sample_run, capsys):
     _, run = sample_run
     cli.main(['evaluate', str(run)])
