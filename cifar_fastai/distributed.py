@@ -1,10 +1,9 @@
 "Data-parallel training through fastai's Accelerate integration: nccl between CUDA devices, gloo between CPU processes"
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.distributed as dist
-from fastai.callback.progress import ProgressCallback
 from fastai.learner import Learner
 from fastai.torch_core import rank_distrib
 from torch import nn
@@ -89,11 +88,9 @@ def data_parallel(learn: Learner, sync_bn: bool = False):
     seed_by_rank(learn.dls)
     trainer = DataParallelTrainer(sync_bn=sync_bn, cpu=not torch.cuda.is_available())
     learn.add_cb(trainer)
-    if rank_distrib(): learn.remove_cb(ProgressCallback)  # one progress bar, rank 0's
-    try: yield learn
-    finally:
-        learn.remove_cb(trainer)
-        if rank_distrib() and not hasattr(learn, 'progress'): learn.add_cb(ProgressCallback())
+    try:
+        with learn.no_bar() if rank_distrib() else nullcontext(): yield learn  # one progress bar, rank 0's
+    finally: learn.remove_cb(trainer)
 
 
 def seed_by_rank(dls, rank: int | None = None):
