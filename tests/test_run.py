@@ -7,9 +7,10 @@ from fastai.learner import load_learner
 from fastai.vision.core import PILImage
 
 from cifar_fastai import cli
-from cifar_fastai.callbacks import METRIC_COLUMNS, read_metrics
+from cifar_fastai.callbacks import METRIC_COLUMNS, format_row, read_metrics
 from cifar_fastai.data import read_cifar10
 from cifar_fastai.models import resnet18
+from cifar_fastai.run import RunConfig, train
 
 
 def test_a_run_writes_every_file(sample_run):
@@ -93,8 +94,6 @@ def test_bad_options_exit_2_with_one_line_before_loading_data(argv, message, mon
 
 
 def test_without_progress_bars_a_run_logs_one_line_per_epoch_matching_metrics(tmp_path, capsys):
-    from cifar_fastai.callbacks import format_row
-    from cifar_fastai.run import RunConfig, train
     lines = []
     train(RunConfig(data='sample', epochs=2, bs=100, lr=0.02, interpret=False), tmp_path / 'run', log=lines.append, progress=False)
     rows = read_metrics(tmp_path / 'run' / 'metrics.csv')
@@ -105,7 +104,6 @@ def test_without_progress_bars_a_run_logs_one_line_per_epoch_matching_metrics(tm
 
 
 def test_format_row_reads_like_the_progress_table():
-    from cifar_fastai.callbacks import format_row
     row = dict(epoch=3, train_loss=1.23456, train_accuracy=0.5, test_loss=0.98765, test_accuracy=0.7054, lr=0.0057544, seconds=389.6)
     assert format_row(row, 5) == ('epoch 3/5: train loss 1.2346 accuracy 50.00% | test loss 0.9877 accuracy 70.54% | '
                                   'lr 0.00575 | 390 s')
