@@ -17,8 +17,9 @@ METRIC_COLUMNS = ('epoch', 'train_loss', 'train_accuracy', 'test_loss', 'test_ac
 
 
 def _in_fit(learn) -> bool:
-    "Whether `learn` is fitting, as opposed to `get_preds`/`validate`, which fire epoch and batch events too"
-    return not hasattr(learn, 'gather_preds') and not hasattr(learn, 'lr_finder')
+    "Whether `learn` is fitting, as opposed to `get_preds`/`validate`/`lr_find`, which fire epoch and batch events too"
+    # fastai's `validation_context` (of `validate` and `get_preds`) holds `learn.lock`; `fit` never takes it
+    return not learn.lock.locked() and not hasattr(learn, 'gather_preds') and not hasattr(learn, 'lr_finder')
 
 
 def _is_scheduled(learn) -> bool:

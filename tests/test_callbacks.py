@@ -109,3 +109,13 @@ def test_epoch_record_matches_fastai_recorder_on_the_test_set(dls):
         assert row['train_accuracy'] == pytest.approx(fastai_row['train_accuracy'], abs=1e-6)
     assert [r['epoch'] for r in learn.epoch_record.rows] == [1, 2]
     assert all(r['seconds'] > 0 and math.isfinite(r['train_loss']) for r in learn.epoch_record.rows)
+
+
+def test_validate_after_fit_changes_neither_the_rate_nor_the_record(dls):
+    # `validate` fires epoch events outside `fit`: the plateau must not take its loss for an epoch's
+    learn = _learner(dls, dict(factor=0.5, patience=0, threshold=100, threshold_mode='abs'))
+    learn.fit(2, 0.04)
+    rows, lr = [dict(r) for r in learn.epoch_record.rows], learn.opt.hypers[0]['lr']
+    loss, acc = learn.validate()
+    assert loss == pytest.approx(rows[-1]['test_loss'], rel=1e-5) and acc == pytest.approx(rows[-1]['test_accuracy'])
+    assert learn.epoch_record.rows == rows and learn.opt.hypers[0]['lr'] == lr == pytest.approx(0.02)
