@@ -60,7 +60,12 @@ class Checkpoint(Callback):
         model = self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
         atomic_save({'epoch': len(rows), 'model': model.state_dict(), 'opt': _plain(self.opt.state_dict()),
                      'plateau': _plain(self.learn.reduce_lr_on_plateau.state_dict()), 'rng': rng_state(self.learn),
-                     'rows': _plain(rows)}, self.path / CHECKPOINT)
+                     'rows': _plain(rows), 'ema': _ema_state(self.learn)}, self.path / CHECKPOINT)
+
+
+def _ema_state(learn) -> dict | None:
+    "The weight average of `learn` (its `EMA` callback), or None when it has none"
+    return learn.ema.state_dict() if hasattr(learn, 'ema') else None
 
 
 class SkipEpochs(Callback):
@@ -94,11 +99,12 @@ def load_checkpoint(run: Path) -> dict:
 
 
 def restore_checkpoint(learn, state: dict) -> int:
-    "Load `state` into `learn` (weights, optimizer, plateau, metrics, random states); return the epochs done"
+    "Load `state` into `learn` (weights, optimizer, plateau, metrics, random states, weight average); return the epochs done"
     learn.model.load_state_dict(state['model'])
     if learn.opt is None: learn.create_opt()
     learn.opt.load_state_dict({'state': state['opt']['state'], 'hypers': L(state['opt']['hypers'])})
     learn.reduce_lr_on_plateau.load_state_dict(state['plateau'])
     learn.epoch_record.rows = list(state['rows'])
+    if hasattr(learn, 'ema') and state.get('ema') is not None: learn.ema.load_state_dict(state['ema'])
     set_rng_state(learn, state['rng'])
     return state['epoch']

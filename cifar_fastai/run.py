@@ -47,6 +47,7 @@ class RunConfig:
     wd: float = 5e-4
     wd_mode: str = 'l2'             # 'l2': added to the gradient, as the reports; or 'decoupled'
     label_smoothing: float = 0.     # torch's `CrossEntropyLoss(label_smoothing=...)`; 0: plain cross-entropy, as the reports
+    ema: float = 0.                 # decay per step of the weight average that is tested and kept; 0: none, as the reports
     schedule: str = 'plateau'       # ReduceLROnPlateau on test loss, or fastai's 'one-cycle'
     plateau_factor: float = 0.1     # torch's ReduceLROnPlateau defaults, but for the patience
     plateau_patience: int | None = None  # None: a tenth of the epochs (0 for 5, 5 for 50); torch's 10 never acts in a short run
@@ -81,7 +82,8 @@ class RunConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         for name in ('momentum', 'wd', 'cutout_p', 'plateau_min_lr'):
             if getattr(self, name) < 0: raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)!r}")
-        if not 0 <= self.label_smoothing < 1: raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        for name in ('label_smoothing', 'ema'):
+            if not 0 <= getattr(self, name) < 1: raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)!r}")
         if not (isinstance(self.plateau_patience, int) and self.plateau_patience >= 0):
             raise ConfigError(f"--plateau-patience must be a whole number >= 0, got {self.plateau_patience!r}")
         if not 0 < self.plateau_factor < 1: raise ConfigError(f"--plateau-factor must be in (0, 1), got {self.plateau_factor!r}")
@@ -113,7 +115,7 @@ def run_learner(dls, config: RunConfig, path: Path) -> Learner:
     lr = config.lr if config.lr != 'find' else 0.01  # replaced by the finder's suggestion before fitting
     return cifar_learner(dls, lr=lr, momentum=config.momentum, wd=config.wd, wd_mode=config.wd_mode,
                          precision=config.precision, channels_last=config.channels_last, plateau=plateau,
-                         label_smoothing=config.label_smoothing,
+                         label_smoothing=config.label_smoothing, ema=config.ema,
                          path=path, model_dir='.')
 
 

@@ -38,6 +38,7 @@ def describe(run) -> str:
     schedule = f"plateau (patience {c['plateau_patience']})" if c['schedule'] == 'plateau' else c['schedule']
     augs = (f"pad {c['pad']} + crop, " if c['pad'] else '') + f"flip, cutout {c['cutout']} p {c['cutout_p']}"
     smoothing = f", label smoothing {c['label_smoothing']}" if c.get('label_smoothing') else ''
+    smoothing += f", tested on an EMA of the weights (decay {c['ema']})" if c.get('ema') else ''
     return (f"- `{Path(run).name}`: {schedule}, {lr}, bs {c['bs']}, {augs}{smoothing}, SGD momentum {c['momentum']}, "
             f"wd {c['wd']} ({c['wd_mode']}), precision {c['precision_used']}, seed {c['seed']}, "
             f"{c['n_train']} train / {c['n_test']} test images, {c.get('processor') or platform.processor()}; {leads(run)}")

@@ -1,0 +1,63 @@
+"An exponential moving average (EMA) of the weights: the model the test set sees during a fit, and the one it ends with"
+import torch
+from fastai.callback.core import Callback
+
+from cifar_fastai.callbacks import _in_fit
+
+__all__ = ['EMA']
+
+
+def _tensors(model) -> list:
+    "Parameters then buffers of `model` (unwrapped from `DistributedDataParallel`), in a fixed order"
+    model = getattr(model, 'module', model)
+    return [*model.parameters(), *model.buffers()]
+
+
+class EMA(Callback):
+    "Average the weights and batch-norm statistics after every step; validate on the average, and end the fit with it"
+    # The decay ramps up as min(decay, (1 + n) / (10 + n)) after n steps, as timm's `ModelEmaV3` warm-up, so that the
+    # random start is forgotten in the first epoch. Training metrics are the live weights', test metrics the average's.
+    order = 5  # swaps in before any other callback validates
+
+    def __init__(self, decay: float = 0.998):
+        if not 0 < decay < 1: raise ValueError(f"`decay` of the weight average must be in (0, 1), got {decay!r}")
+        self.decay, self.avg, self.n, self.live, self.active = decay, None, 0, None, False
+
+    def before_fit(self):
+        self.active = _in_fit(self.learn)  # not during `lr_find`
+        if self.active and self.avg is None: self.avg, self.n = [t.detach().clone() for t in _tensors(self.model)], 0
+
+    @torch.no_grad()
+    def after_step(self):
+        if not self.active: return
+        self.n += 1
+        weight = 1 - min(self.decay, (1 + self.n) / (10 + self.n))
+        pairs = list(zip(self.avg, _tensors(self.model)))
+        floats = [(a, t) for a, t in pairs if a.is_floating_point()]
+        torch._foreach_lerp_([a for a, _ in floats], [t for _, t in floats], weight)
+        for a, t in pairs:
+            if not a.is_floating_point(): a.copy_(t)  # the batch count of batch norm
+
+    @torch.no_grad()
+    def before_validate(self):
+        if not self.active: return
+        self.live = [t.detach().clone() for t in _tensors(self.model)]
+        for t, a in zip(_tensors(self.model), self.avg): t.copy_(a)
+
+    @torch.no_grad()
+    def after_validate(self):
+        if self.live is None: return
+        for t, s in zip(_tensors(self.model), self.live): t.copy_(s)
+        self.live = None
+
+    @torch.no_grad()
+    def after_fit(self):
+        "The model keeps the average; a later fit starts a new one from it"
+        if self.active and self.avg is not None:
+            for t, a in zip(_tensors(self.model), self.avg): t.copy_(a)
+        self.avg, self.n, self.active = None, 0, False
+
+    def state_dict(self) -> dict: return {'decay': self.decay, 'n': self.n, 'avg': self.avg}
+
+    def load_state_dict(self, state: dict):
+        self.decay, self.n, self.avg = state['decay'], state['n'], [a.clone() for a in state['avg']]
