@@ -43,10 +43,11 @@ def default_workers(device: torch.device) -> int:
 
 
 def cifar_dls(source=None, bs: int = 64, augs='default', valid_augs=None, seed: int | None = None,
-              num_workers: int | None = None, device=None, val_bs: int | None = None, **kwargs) -> DataLoaders:
+              num_workers: int | None = None, device=None, val_bs: int | None = None, progress: bool = True,
+              **kwargs) -> DataLoaders:
     "CIFAR-10 `DataLoaders` from `source` (a path, 'sample', 'cifar10', a `Cifar10` or None to search)"
     if not isinstance(bs, int) or bs < 1: raise ValueError(f"`bs` must be a whole number >= 1, got {bs!r}")
-    data = source if isinstance(source, Cifar10) else read_cifar10(source)
+    data = source if isinstance(source, Cifar10) else read_cifar10(source, progress=progress)  # progress: decoding bar
     device = torch.device(device) if device is not None else default_device()
     if seed is not None: set_seed(seed)
     n_train, n_test = len(data.train_y), len(data.test_y)

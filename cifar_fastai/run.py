@@ -237,7 +237,7 @@ def train(config: RunConfig, out, resume: bool = False, cbs=None, log=print, pro
     if resume: config = RunConfig.from_dict(read_config(run))
     elif main and (run / CONFIG).exists():
         raise ConfigError(f"{run} already holds a run: continue it with --resume {run}, or choose another --out")
-    dls = run_dls(config)
+    dls = run_dls(config, progress=progress)
     log(f"Data: {dls.data.source}: {len(dls.train_ds)} train and {len(dls.valid_ds)} test images")
     learn = run_learner(dls, config, run)
     learn.epoch_record.csv_path, learn.epoch_record.log = run / METRICS, None if progress else log

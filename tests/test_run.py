@@ -11,6 +11,7 @@ from cifar_fastai.callbacks import METRIC_COLUMNS, format_row, read_metrics
 from cifar_fastai.data import read_cifar10
 from cifar_fastai.models import resnet18
 from cifar_fastai.run import RunConfig, train
+from tests.test_data import write_folders
 
 
 def test_a_run_writes_every_file(sample_run):
@@ -102,6 +103,16 @@ def test_without_progress_bars_a_run_logs_one_line_per_epoch_matching_metrics(tm
     assert epoch_lines == [format_row(r, 2) for r in rows]  # the csv keeps 6 digits: the lines round further
     assert epoch_lines[0].startswith('epoch 1/2: train loss ')
     assert capsys.readouterr().out == ''  # neither fastai's bars nor its print of each epoch's values
+
+
+def test_without_progress_bars_decoding_a_folder_prints_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+    write_folders(tmp_path / 'data', classes=('cat', 'dog'), n=8)
+    lines = []
+    train(RunConfig(data=str(tmp_path / 'data'), epochs=1, bs=4, lr=0.02, interpret=False), tmp_path / 'run',
+          log=lines.append, progress=False)
+    assert capsys.readouterr().out == ''  # the decoding bar of 16 + 16 images follows the run's bars
+    assert lines[0] == f"Data: class folders in {tmp_path / 'data'}: 16 train and 16 test images"
 
 
 def test_format_row_reads_like_the_progress_table():
