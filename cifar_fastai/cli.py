@@ -33,6 +33,7 @@ def _train_options(p: argparse.ArgumentParser):
                    help='label smoothing of the cross-entropy, in [0, 1) (default %(default)s)')
     p.add_argument('--ema', type=float, default=d.ema, help='decay per step of an average of the weights that is tested '
                                                          'and kept at the end, in [0, 1); 0 for none (default %(default)s)')
+    p.add_argument('--ema-every', type=int, default=d.ema_every, help='steps between updates of that average (default %(default)s)')
     p.add_argument('--pad', type=int, default=d.pad, help='reflect padding before a random 32x32 crop; 0, the default, for none, as the reports')
     p.add_argument('--no-flip', dest='flip', action='store_false', help='no random horizontal flip')
     p.add_argument('--cutout', type=int, default=d.cutout, help='side of the cutout hole in pixels, 0 for none (default %(default)s)')

@@ -19,9 +19,11 @@ class EMA(Callback):
     # random start is forgotten in the first epoch. Training metrics are the live weights', test metrics the average's.
     order = 5  # swaps in before any other callback validates
 
-    def __init__(self, decay: float = 0.998):
+    def __init__(self, decay: float = 0.998, every: int = 1):
+        # every: steps between updates, each weighing the live weights as `every` steps would (decay ** every)
         if not 0 < decay < 1: raise ValueError(f"`decay` of the weight average must be in (0, 1), got {decay!r}")
-        self.decay, self.avg, self.n, self.live, self.active = decay, None, 0, None, False
+        if not (isinstance(every, int) and every >= 1): raise ValueError(f"`every` must be a whole number >= 1, got {every!r}")
+        self.decay, self.every, self.avg, self.n, self.live, self.active = decay, every, None, 0, None, False
 
     def before_fit(self):
         self.active = _in_fit(self.learn)  # not during `lr_find`
@@ -31,7 +33,8 @@ class EMA(Callback):
     def after_step(self):
         if not self.active: return
         self.n += 1
-        weight = 1 - min(self.decay, (1 + self.n) / (10 + self.n))
+        if self.n % self.every: return
+        weight = 1 - min(self.decay, (1 + self.n) / (10 + self.n)) ** self.every
         pairs = list(zip(self.avg, _tensors(self.model)))
         floats = [(a, t) for a, t in pairs if a.is_floating_point()]
         torch._foreach_lerp_([a for a, _ in floats], [t for _, t in floats], weight)
@@ -57,7 +60,8 @@ class EMA(Callback):
             for t, a in zip(_tensors(self.model), self.avg): t.copy_(a)
         self.avg, self.n, self.active = None, 0, False
 
-    def state_dict(self) -> dict: return {'decay': self.decay, 'n': self.n, 'avg': self.avg}
+    def state_dict(self) -> dict: return {'decay': self.decay, 'every': self.every, 'n': self.n, 'avg': self.avg}
 
     def load_state_dict(self, state: dict):
-        self.decay, self.n, self.avg = state['decay'], state['n'], [a.clone() for a in state['avg']]
+        self.decay, self.every, self.n = state['decay'], state.get('every', 1), state['n']
+        self.avg = [a.clone() for a in state['avg']]

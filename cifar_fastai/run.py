@@ -15,6 +15,7 @@ from fastai.torch_core import num_distrib, rank_distrib
 from fastcore.basics import noop
 
 from cifar_fastai.checkpoint import Checkpoint, SkipEpochs, load_checkpoint, restore_checkpoint
+from cifar_fastai.ema import EMA
 from cifar_fastai.io import atomic_save, atomic_write, ensure_writable_dir
 from cifar_fastai.learner import WD_MODES, cifar_learner
 from cifar_fastai.loaders import cifar_dls
@@ -48,6 +49,7 @@ class RunConfig:
     wd_mode: str = 'l2'             # 'l2': added to the gradient, as the reports; or 'decoupled'
     label_smoothing: float = 0.     # torch's `CrossEntropyLoss(label_smoothing=...)`; 0: plain cross-entropy, as the reports
     ema: float = 0.                 # decay per step of the weight average that is tested and kept; 0: none, as the reports
+    ema_every: int = 1              # steps between updates of the average
     schedule: str = 'plateau'       # ReduceLROnPlateau on test loss, or fastai's 'one-cycle'
     plateau_factor: float = 0.1     # torch's ReduceLROnPlateau defaults, but for the patience
     plateau_patience: int | None = None  # None: a tenth of the epochs (0 for 5, 5 for 50); torch's 10 never acts in a short run
@@ -71,9 +73,9 @@ class RunConfig:
 
     def check(self) -> 'RunConfig':
         "Raise `ConfigError` naming the first option out of range"
-        for name in ('epochs', 'bs', 'lr_find_iters'):
+        for name in ('epochs', 'bs', 'lr_find_iters', 'ema_every'):
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise ConfigError(f"--{name} must be a whole number >= 1, got {v!r}")
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise ConfigError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {v!r}")
         if self.lr != 'find' and not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ConfigError(f"--lr must be a positive number or 'find', got {self.lr!r}")
         for name, allowed in (('precision', PRECISIONS), ('schedule', SCHEDULES), ('wd_mode', WD_MODES),
@@ -115,7 +117,7 @@ def run_learner(dls, config: RunConfig, path: Path) -> Learner:
     lr = config.lr if config.lr != 'find' else 0.01  # replaced by the finder's suggestion before fitting
     return cifar_learner(dls, lr=lr, momentum=config.momentum, wd=config.wd, wd_mode=config.wd_mode,
                          precision=config.precision, channels_last=config.channels_last, plateau=plateau,
-                         label_smoothing=config.label_smoothing, ema=config.ema,
+                         label_smoothing=config.label_smoothing, ema=EMA(config.ema, config.ema_every) if config.ema else 0.,
                          path=path, model_dir='.')
 
 

@@ -19,8 +19,8 @@ def _model():
                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 10))
 
 
-def _learner(dls, decay):
-    return cifar_learner(dls, model=_model(), ema=decay, channels_last=False, precision='fp32')
+def _learner(dls, decay, every=1):
+    return cifar_learner(dls, model=_model(), ema=EMA(decay, every), channels_last=False, precision='fp32')
 
 
 class Snapshots(Callback):
@@ -33,22 +33,23 @@ class Snapshots(Callback):
     def after_step(self): self.steps.append(self._copy())
 
 
-def _hand_ema(states, decay, start):
-    "The average of `states` by the formula, from `start`: floats lerped, integers copied"
+def _hand_ema(states, decay, start, every=1):
+    "The average of every `every`th of `states` by the formula, from `start`: floats lerped, integers copied"
     avg = {k: v.clone().double() if v.is_floating_point() else v.clone() for k, v in start.items()}
     for n, state in enumerate(states, 1):
-        d = min(decay, (1 + n) / (10 + n))
+        if n % every: continue
+        d = min(decay, (1 + n) / (10 + n)) ** every
         for k, v in state.items(): avg[k] = d * avg[k] + (1 - d) * v.double() if v.is_floating_point() else v.clone()
     return avg
 
 
-@pytest.mark.parametrize('decay', [0.5, 0.9])
-def test_the_model_ends_with_the_hand_computed_average_of_every_step(dls, decay):
-    learn = _learner(dls, decay)
+@pytest.mark.parametrize('decay,every', [(0.5, 1), (0.9, 1), (0.9, 3)])
+def test_the_model_ends_with_the_hand_computed_average_of_the_steps(dls, decay, every):
+    learn = _learner(dls, decay, every)
     start = {k: v.clone() for k, v in learn.model.state_dict().items()}
     snaps = Snapshots()
     learn.fit(2, 0.1, cbs=snaps)
-    expected = _hand_ema(snaps.steps, decay, start)
+    expected = _hand_ema(snaps.steps, decay, start, every)
     assert len(snaps.steps) == 8  # 64 images, bs 16, 2 epochs
     for k, v in learn.model.state_dict().items():
         assert torch.allclose(v.double(), expected[k].double(), atol=1e-5), k
@@ -77,9 +78,10 @@ def test_lr_find_neither_starts_an_average_nor_changes_the_weights(dls):
     for k, v in learn.model.state_dict().items(): assert torch.equal(v, before[k]), k
 
 
-@pytest.mark.parametrize('decay', [0., 1., -0.1])
-def test_a_decay_outside_zero_one_is_refused(decay):
-    with pytest.raises(ValueError, match='decay'): EMA(decay)
+@pytest.mark.parametrize('kwargs,name', [(dict(decay=0.), 'decay'), (dict(decay=1.), 'decay'), (dict(decay=-0.1), 'decay'),
+                                         (dict(every=0), 'every'), (dict(every=1.5), 'every')])
+def test_bad_arguments_are_named(kwargs, name):
+    with pytest.raises(ValueError, match=f'`{name}`'): EMA(**kwargs)
 
 
 def test_the_learner_refuses_an_ema_of_one(dls):

@@ -84,7 +84,8 @@ def test_evaluate_prints_per_class_and_overall_accuracy(sample_run, capsys):
     (['train', '--bs', '0'], '--bs'), (['train', '--lr', '-0.1'], '--lr'), (['train', '--lr', 'fast'], '--lr'),
     (['train', '--precision', 'fp8'], '--precision'), (['train', '--schedule', 'cosine'], '--schedule'),
     (['train', '--label-smoothing', '1'], '--label-smoothing'), (['train', '--plateau-patience', '-1'], '--plateau-patience'),
-    (['train', '--ema', '1'], '--ema'), (['train', '--ema', '-0.5'], '--ema'),
+    (['train', '--ema', '1'], '--ema'), (['train', '--ema', '-0.5'], '--ema'), (['train', '--ema-every', '0'], '--ema-every'),
+    (['train', '--lr-find-iters', '0'], '--lr-find-iters'),
     (['train', '--resume', 'no-such-run'], 'not a run folder'), (['lr-find', '--bs', '-1'], '--bs')])
 def test_bad_options_exit_2_with_one_line_before_loading_data(argv, message, monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(tmp_path)
