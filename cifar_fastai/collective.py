@@ -2,7 +2,7 @@
 import torch
 import torch.distributed as dist
 
-__all__ = ['in_process_group', 'is_main', 'all_reduce_sum', 'broadcast_value']
+__all__ = ['in_process_group', 'is_main', 'all_reduce_sum', 'broadcast_value', 'broadcast_tensors']
 
 
 def in_process_group() -> bool: return dist.is_available() and dist.is_initialized()
@@ -27,3 +27,9 @@ def broadcast_value(value, src: int = 0):
     box = [value]
     dist.broadcast_object_list(box, src=src)  # on the current CUDA device with nccl, on the CPU with gloo
     return box[0]
+
+
+def broadcast_tensors(tensors: list, src: int = 0):
+    "Overwrite each of `tensors` with process `src`'s, in place; nothing outside a process group"
+    if not in_process_group(): return
+    for t in tensors: dist.broadcast(t, src=src)

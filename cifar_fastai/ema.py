@@ -3,6 +3,7 @@ import torch
 from fastai.callback.core import Callback
 
 from cifar_fastai.callbacks import _in_fit
+from cifar_fastai.collective import broadcast_tensors
 
 __all__ = ['EMA']
 
@@ -19,8 +20,9 @@ class EMA(Callback):
     # random start is forgotten in the first epoch. Training metrics are the live weights', test metrics the average's.
     order = 5  # swaps in before any other callback validates
 
-    def __init__(self, decay: float = 0.998, every: int = 1):
-        # every: steps between updates, each weighing the live weights as `every` steps would (decay ** every)
+    def __init__(self, decay: float = 0.998, every: int = 4):
+        # every: steps between updates, each weighing the live weights as `every` steps would (decay ** every); one
+        # update of the ResNet18 (a memory-bound lerp of 11.2M floats) takes ~12 ms, 3-4% of a 2-core bf16 step of bs 64
         if not 0 < decay < 1: raise ValueError(f"`decay` of the weight average must be in (0, 1), got {decay!r}")
         if not (isinstance(every, int) and every >= 1): raise ValueError(f"`every` must be a whole number >= 1, got {every!r}")
         self.decay, self.every, self.avg, self.n, self.live, self.active = decay, every, None, 0, None, False
@@ -44,6 +46,9 @@ class EMA(Callback):
     @torch.no_grad()
     def before_validate(self):
         if not self.active: return
+        # data-parallel: the weights agree on every process, batch-norm statistics are each process's own; rank 0's
+        # average is the one, as DistributedDataParallel takes rank 0's buffers
+        broadcast_tensors(self.avg)
         self.live = [t.detach().clone() for t in _tensors(self.model)]
         for t, a in zip(_tensors(self.model), self.avg): t.copy_(a)
 
@@ -57,6 +62,7 @@ class EMA(Callback):
     def after_fit(self):
         "The model keeps the average; a later fit starts a new one from it"
         if self.active and self.avg is not None:
+            broadcast_tensors(self.avg)
             for t, a in zip(_tensors(self.model), self.avg): t.copy_(a)
         self.avg, self.n, self.active = None, 0, False
 
