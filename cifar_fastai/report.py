@@ -149,8 +149,8 @@ def _configuration(config: dict) -> str:
     rows = [('data', f"{g('data_source')} ({data})"), ('epochs', g('epochs')), ('batch size', g('bs')),
             ('learning rate', lr), ('optimizer', f"SGD, momentum {g('momentum')}"),
             ('weight decay', f"{g('wd')} ({g('wd_mode')})"), ('label smoothing', config.get('label_smoothing', 0)),
-            ('weight average', f"EMA, decay {config['ema']} per step: test metrics and the kept model are the average's"
-                               if config.get('ema') else 'none'),
+            ('weight average', f"EMA, decay {config['ema']} per step, updated every {config.get('ema_every', 1)} steps: "
+                               "test metrics and the kept model are the average's" if config.get('ema') else 'none'),
             ('schedule', plateau), ('augmentation', augs),
             ('precision', f"{g('precision')} -> {g('precision_used')}, channels_last {g('channels_last')}"),
             ('seed', g('seed')), ('versions', ', '.join(f'{k} {g(k)}' for k in ('python', 'torch', 'fastai', 'albumentations')))]

@@ -48,12 +48,12 @@ class RunConfig:
     wd: float = 5e-4
     wd_mode: str = 'l2'             # 'l2': added to the gradient, as the reports; or 'decoupled'
     label_smoothing: float = 0.     # torch's `CrossEntropyLoss(label_smoothing=...)`; 0: plain cross-entropy, as the reports
-    ema: float = 0.                 # decay per step of the weight average that is tested and kept; 0: none, as the reports
-    ema_every: int = 1              # steps between updates of the average
+    ema: float = 0.998              # decay per step of the weight average that is tested and kept; 0: none, as the reports
+    ema_every: int = 4              # steps between updates of the average (each one costs ~3% of a step)
     schedule: str = 'plateau'       # ReduceLROnPlateau on test loss, or fastai's 'one-cycle'
     plateau_factor: float = 0.1     # torch's ReduceLROnPlateau defaults, but for the patience
     plateau_patience: int | None = None  # None: a tenth of the epochs (0 for 5, 5 for 50); torch's 10 never acts in a short run
-    plateau_threshold: float = 1e-4
+    plateau_threshold: float = 0.1  # relative: an epoch that lowers the test loss by under 10% is a plateau (see docs)
     plateau_cooldown: int = 0
     plateau_min_lr: float = 0.
     pad: int = 0                    # reflection padding before a random 32x32 crop; 0: no crop, as the reports

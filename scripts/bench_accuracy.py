@@ -35,10 +35,11 @@ def table(runs: list) -> str:
 def describe(run) -> str:
     c = read_config(run)
     lr = f"lr {c['lr_used']:.3g} ({'lr_find ' + c['lr_suggestion'] if c['lr'] == 'find' else 'fixed'})"
-    schedule = f"plateau (patience {c['plateau_patience']})" if c['schedule'] == 'plateau' else c['schedule']
+    schedule = (f"plateau (patience {c['plateau_patience']}, threshold {c['plateau_threshold']:g})" if c['schedule'] == 'plateau'
+                else c['schedule'])
     augs = (f"pad {c['pad']} + crop, " if c['pad'] else '') + f"flip, cutout {c['cutout']} p {c['cutout_p']}"
     smoothing = f", label smoothing {c['label_smoothing']}" if c.get('label_smoothing') else ''
-    smoothing += f", tested on an EMA of the weights (decay {c['ema']})" if c.get('ema') else ''
+    smoothing += f", tested on an EMA of the weights (decay {c['ema']}, every {c.get('ema_every', 1)} steps)" if c.get('ema') else ''
     return (f"- `{Path(run).name}`: {schedule}, {lr}, bs {c['bs']}, {augs}{smoothing}, SGD momentum {c['momentum']}, "
             f"wd {c['wd']} ({c['wd_mode']}), precision {c['precision_used']}, seed {c['seed']}, "
             f"{c['n_train']} train / {c['n_test']} test images, {c.get('processor') or platform.processor()}; {leads(run)}")

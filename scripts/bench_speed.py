@@ -5,7 +5,8 @@ process so that its peak memory is its own:
   1. reference: plain PyTorch loop in fp32, default layout; a `Dataset` reading each image file with OpenCV and
      augmenting it with Albumentations (`cifar_augs` + `A.Normalize` + `ToTensorV2`); torch `DataLoader`, 2 workers
   2. bare step: forward + backward + SGD step at the best precision/layout on a fixed batch in memory (the ceiling)
-  3. ours: `cifar_dls` + `cifar_learner(precision='auto', channels_last=True)`, `Learner.fit`, train phase only
+  3. ours: `cifar_dls` + `cifar_learner(precision='auto', channels_last=True)` with the default weight average of
+     `cifar-fastai train` (`EMA`), `Learner.fit`, train phase only
 Extras: the bare step in fp32/bf16 x contiguous/channels_last, optionally compiled; loader-only throughput.
 
 Prints a line per contender and round, then a markdown section for BENCHMARKS.md: images/s (median and best of the
@@ -32,10 +33,12 @@ from fastai.callback.core import Callback, CancelFitException
 from torch.utils.data import DataLoader, Dataset
 
 from cifar_fastai.data import Cifar10
+from cifar_fastai.ema import EMA
 from cifar_fastai.learner import cifar_learner
 from cifar_fastai.loaders import cifar_dls
 from cifar_fastai.models import resnet18
 from cifar_fastai.precision import DTYPES, resolve_precision
+from cifar_fastai.run import RunConfig
 from cifar_fastai.transforms import CIFAR10_MEAN, CIFAR10_STD, cifar_augs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -168,7 +171,8 @@ class OursFit:
         ys = [np.array(y, np.int64) for y in (labels, test_labels)]
         self.data = Cifar10(arrays[0], ys[0], arrays[1], ys[1], classes, source='benchmark files')
         self.dls = cifar_dls(self.data, bs=bs, seed=0, device='cpu', num_workers=workers)
-        self.learn = cifar_learner(self.dls, lr=LR, momentum=MOMENTUM, wd=WD, precision='auto', channels_last=True)
+        self.learn = cifar_learner(self.dls, lr=LR, momentum=MOMENTUM, wd=WD, precision='auto', channels_last=True,
+                                   ema=EMA(RunConfig.ema, RunConfig.ema_every))  # the weight average of `cifar-fastai train`
         self.timer = TrainTimer()
         with self.learn.no_bar(), self.learn.no_logging(): self.learn.fit(1, cbs=StopAfter(WARMUP_STEPS))
         workers = self.dls.train.fake_l.num_workers  # fastai's own `dl.num_workers` is a placeholder 1

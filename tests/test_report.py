@@ -97,6 +97,8 @@ def test_accuracy_markdown_of_a_hand_computed_case():
 @pytest.mark.parametrize('pad,text', [(0, 'no crop, horizontal flip True'), (4, 'pad 4 (reflect) + random 32x32 crop')])
 def test_configuration_table_names_the_crop_label_smoothing_and_weight_average(pad, text):
     from cifar_fastai.report import _configuration
-    table = _configuration(dict(pad=pad, flip=True, cutout=16, cutout_p=0.5, label_smoothing=0.1, ema=0.998, schedule='plateau'))
-    assert text in table and '| label smoothing | 0.1 |' in table and '| weight average | EMA, decay 0.998 per step' in table
+    table = _configuration(dict(pad=pad, flip=True, cutout=16, cutout_p=0.5, label_smoothing=0.1, ema=0.998, ema_every=4,
+                                schedule='plateau'))
+    assert text in table and '| label smoothing | 0.1 |' in table
+    assert '| weight average | EMA, decay 0.998 per step, updated every 4 steps' in table
     assert '| weight average | none |' in _configuration(dict(pad=pad, ema=0.))

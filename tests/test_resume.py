@@ -24,14 +24,14 @@ def _config(**kw):
                                plateau_factor=0.5, bs=64), **kw})
 
 
-@pytest.mark.parametrize('schedule,ema', [('plateau', {}), ('one-cycle', {}), ('plateau', dict(ema=0.9, ema_every=3))])
+@pytest.mark.parametrize('schedule,ema', [('plateau', dict(ema=0.)), ('one-cycle', dict(ema=0.)), ('plateau', dict(ema=0.9, ema_every=3))])
 def test_resume_gives_the_weights_and_lrs_of_an_uninterrupted_run(tmp_path, schedule, ema):
     # ema_every 3 with 7 steps an epoch: the step count of the average must survive the stop too
     full = train(_config(schedule=schedule, **ema), tmp_path / 'full', **quiet)
     with pytest.raises(KeyboardInterrupt):
         train(_config(schedule=schedule, **ema), tmp_path / 'cut', cbs=[InterruptAfter(2)], **quiet)
     assert load_checkpoint(tmp_path / 'cut')['epoch'] == 2
-    assert (load_checkpoint(tmp_path / 'cut')['ema'] is not None) == bool(ema)
+    assert (load_checkpoint(tmp_path / 'cut')['ema'] is not None) == bool(ema['ema'])
     resumed = train(_config(schedule=schedule, **ema), tmp_path / 'cut', resume=True, **quiet)
     a, b = read_metrics(tmp_path / 'full' / 'metrics.csv'), read_metrics(tmp_path / 'cut' / 'metrics.csv')
     assert [r['epoch'] for r in b] == [1, 2, 3]
