@@ -7,9 +7,8 @@ import torch
 from fastai.callback.core import Callback, CancelEpochException
 from fastcore.basics import noop
 from fastcore.foundation import L
-from torch.nn.parallel import DistributedDataParallel
 
-from cifar_fastai.collective import is_main
+from cifar_fastai.collective import is_main, unwrap
 from cifar_fastai.io import atomic_save
 
 __all__ = ['CHECKPOINT', 'Checkpoint', 'SkipEpochs', 'rng_state', 'set_rng_state', 'load_checkpoint', 'restore_checkpoint']
@@ -57,8 +56,7 @@ class Checkpoint(Callback):
         rows = self.learn.epoch_record.rows
         if not rows or rows[-1]['epoch'] != self.epoch + 1: return  # an epoch skipped on resume: nothing new
         if not is_main(): return  # the processes of a data-parallel run hold the same weights: rank 0 saves them
-        model = self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
-        atomic_save({'epoch': len(rows), 'model': model.state_dict(), 'opt': _plain(self.opt.state_dict()),
+        atomic_save({'epoch': len(rows), 'model': unwrap(self.model).state_dict(), 'opt': _plain(self.opt.state_dict()),
                      'plateau': _plain(self.learn.reduce_lr_on_plateau.state_dict()), 'rng': rng_state(self.learn),
                      'rows': _plain(rows), 'ema': _ema_state(self.learn)}, self.path / CHECKPOINT)
 

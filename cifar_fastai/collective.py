@@ -2,7 +2,7 @@
 import torch
 import torch.distributed as dist
 
-__all__ = ['in_process_group', 'is_main', 'all_reduce_sum', 'broadcast_value', 'broadcast_tensors']
+__all__ = ['in_process_group', 'is_main', 'unwrap', 'all_reduce_sum', 'broadcast_value', 'broadcast_tensors']
 
 
 def in_process_group() -> bool: return dist.is_available() and dist.is_initialized()
@@ -11,6 +11,11 @@ def in_process_group() -> bool: return dist.is_available() and dist.is_initializ
 def is_main() -> bool:
     "Whether this is the process that writes files: rank 0, or the only one"
     return not in_process_group() or dist.get_rank() == 0
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    "The model inside a `DistributedDataParallel` wrapper, or `model` itself"
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

@@ -3,14 +3,14 @@ import torch
 from fastai.callback.core import Callback
 
 from cifar_fastai.callbacks import _in_fit
-from cifar_fastai.collective import broadcast_tensors
+from cifar_fastai.collective import broadcast_tensors, unwrap
 
 __all__ = ['EMA']
 
 
 def _tensors(model) -> list:
     "Parameters then buffers of `model` (unwrapped from `DistributedDataParallel`), in a fixed order"
-    model = getattr(model, 'module', model)
+    model = unwrap(model)
     return [*model.parameters(), *model.buffers()]
 
 
@@ -26,10 +26,15 @@ class EMA(Callback):
         if not 0 < decay < 1: raise ValueError(f"`decay` of the weight average must be in (0, 1), got {decay!r}")
         if not (isinstance(every, int) and every >= 1): raise ValueError(f"`every` must be a whole number >= 1, got {every!r}")
         self.decay, self.every, self.avg, self.n, self.live, self.active = decay, every, None, 0, None, False
+        self.floats = self.counts = None  # (averages, live tensors) pairs of one fit, split by dtype in `before_fit`
 
     def before_fit(self):
         self.active = _in_fit(self.learn)  # not during `lr_find`
-        if self.active and self.avg is None: self.avg, self.n = [t.detach().clone() for t in _tensors(self.model)], 0
+        if not self.active: return
+        if self.avg is None: self.avg, self.n = [t.detach().clone() for t in _tensors(self.model)], 0
+        pairs = list(zip(self.avg, _tensors(self.model)))
+        self.floats = [[a for a, t in pairs if a.is_floating_point()], [t for a, t in pairs if a.is_floating_point()]]
+        self.counts = [(a, t) for a, t in pairs if not a.is_floating_point()]  # the batch count of batch norm
 
     @torch.no_grad()
     def after_step(self):
@@ -37,11 +42,8 @@ class EMA(Callback):
         self.n += 1
         if self.n % self.every: return
         weight = 1 - min(self.decay, (1 + self.n) / (10 + self.n)) ** self.every
-        pairs = list(zip(self.avg, _tensors(self.model)))
-        floats = [(a, t) for a, t in pairs if a.is_floating_point()]
-        torch._foreach_lerp_([a for a, _ in floats], [t for _, t in floats], weight)
-        for a, t in pairs:
-            if not a.is_floating_point(): a.copy_(t)  # the batch count of batch norm
+        torch._foreach_lerp_(*self.floats, weight)
+        for a, t in self.counts: a.copy_(t)
 
     @torch.no_grad()
     def before_validate(self):
@@ -64,7 +66,7 @@ class EMA(Callback):
         if self.active and self.avg is not None:
             broadcast_tensors(self.avg)
             for t, a in zip(_tensors(self.model), self.avg): t.copy_(a)
-        self.avg, self.n, self.active = None, 0, False
+        self.avg, self.n, self.active, self.floats, self.counts = None, 0, False, None, None
 
     def state_dict(self) -> dict: return {'decay': self.decay, 'every': self.every, 'n': self.n, 'avg': self.avg}
 
