@@ -1,4 +1,7 @@
-"Test helpers: tiny synthetic CIFAR-shaped data, and a callback that interrupts a fit like Ctrl-C"
+"Test helpers: tiny synthetic CIFAR-shaped data, a callback that interrupts a fit like Ctrl-C, the scripts as modules"
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 from fastai.callback.core import Callback
 
@@ -25,3 +28,11 @@ class InterruptAfter(Callback):
     def __init__(self, n): self.n = n
     def after_epoch(self):
         if self.epoch + 1 == self.n: raise KeyboardInterrupt
+
+
+def load_script(name: str):
+    "scripts/`name`.py as a module (scripts/ is not a package), so that tests pin what the benchmarks measure"
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1]/'scripts'/f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

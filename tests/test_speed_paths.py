@@ -1,6 +1,5 @@
 "Fast paths, same answers: every precision trains, channels_last computes the same, our loader matches the reference's"
 import copy
-import importlib.util
 import math
 from pathlib import Path
 
@@ -14,18 +13,11 @@ from cifar_fastai.learner import cifar_learner
 from cifar_fastai.loaders import cifar_dls
 from cifar_fastai.models import BasicBlock, resnet18
 from cifar_fastai.precision import DTYPES, Autocast, resolve_precision
-from tests.helpers import synthetic_cifar
-
-BENCH = Path(__file__).resolve().parents[1]/'scripts'/'bench_speed.py'
+from tests.helpers import load_script, synthetic_cifar
 
 
 @pytest.fixture(scope='module')
-def bench():
-    "The benchmark script as a module (scripts/ is not a package), so its reference path is pinned here too"
-    spec = importlib.util.spec_from_file_location('bench_speed', BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(): return load_script('bench_speed')
 
 
 def _small_cnn():
