@@ -25,6 +25,7 @@ def _train_options(p: argparse.ArgumentParser):
     p.add_argument('--bs', type=int, default=d.bs, help='batch size (default %(default)s)')
     p.add_argument('--lr', type=_positive_float_or_find, default=d.lr, help="learning rate, or 'find' for lr_find's suggestion (default)")
     p.add_argument('--lr-suggestion', default=d.lr_suggestion, help="which lr_find suggestion 'find' uses: valley, slide, minimum (default) or steep")
+    p.add_argument('--lr-mult', type=float, default=d.lr_mult, help="with --lr find, train at this times the suggestion (default %(default)s)")
     p.add_argument('--lr-find-iters', type=int, default=d.lr_find_iters, help='batches of the LR range test (default %(default)s)')
     p.add_argument('--momentum', type=float, default=d.momentum, help='SGD momentum (default %(default)s)')
     p.add_argument('--wd', type=float, default=d.wd, help='weight decay (default %(default)s)')
@@ -122,7 +123,8 @@ def _lr_find(args):
     learn = run_learner(run_dls(config), config, out)
     found = find_lr(learn, out / 'lr_find.png', config.lr_suggestion, config.lr_find_iters)
     (out / 'lr_find.json').write_text(json.dumps(found, indent=2))
-    print(f"lr_find suggests {found['lr']:.3g} ({config.lr_suggestion}); all: {found}; plot in {out / 'lr_find.png'}")
+    print(f"lr_find suggests {found['lr']:.3g} ({config.lr_suggestion}); `train` would use {config.lr_mult:g} x that = "
+          f"{config.lr_mult * found['lr']:.3g}; all: {found}; plot in {out / 'lr_find.png'}")
 
 
 def _bars(learn):

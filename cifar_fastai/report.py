@@ -134,7 +134,8 @@ def _learning_rate(config: dict, run: Path) -> str:
     others = ', '.join(f"{k} {v:.3g}" for k, v in found.items() if k not in ('lr', 'suggestion'))
     text = (f"fastai's `lr_find` (LR range test) suggested **{config.get('found_lr'):.3g}** "
             f"(rule: {found.get('suggestion', 'valley')}; all rules: {others or 'not recorded'}); "
-            f"training used {config.get('lr_used'):.3g}.")
+            f"training used {config.get('lr_used'):.3g}" + (f" ({config['lr_mult']:g} x the suggestion, `--lr-mult`)."
+                                                              if config.get('lr_mult', 1) != 1 else '.'))
     return text + (f'\n\n![LR range test]({LR_PLOT})' if (run / LR_PLOT).is_file() else '')
 
 

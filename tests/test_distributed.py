@@ -108,7 +108,8 @@ def test_only_rank0_writes_one_run_folder(launch):
 
 def test_lr_found_on_rank0_reaches_every_process(launch):
     config = _read(launch / 'run' / 'config.json')
-    assert config['lr_used'] == config['lr_suggestions']['minimum'] != 0.01  # 0.01: the placeholder before the finder
+    assert config['lr_used'] == config['lr_mult'] * config['lr_suggestions']['minimum']
+    assert config['lr_used'] != 0.01  # the placeholder before the finder
     seen = [_read(launch / f'seen-{r}.json') for r in range(WORLD)]
     assert [s['lr'] for s in seen] == [config['lr_used']] * WORLD
     assert [s['broadcast'] for s in seen] == [{'from': 0}] * WORLD

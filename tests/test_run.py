@@ -24,7 +24,8 @@ def test_config_records_the_options_the_found_lr_and_versions(sample_run):
     learn, run = sample_run
     config = json.loads((run / 'config.json').read_text())
     assert config['epochs'] == 2 and config['lr'] == 'find' and config['schedule'] == 'plateau'
-    assert config['found_lr'] == config['lr_used'] == config['lr_suggestions']['minimum'] > 0
+    assert config['found_lr'] == config['lr_suggestions']['minimum'] > 0 and config['lr_mult'] == 2
+    assert config['lr_used'] == pytest.approx(2 * config['found_lr'], rel=1e-12)
     assert config['torch'] == torch.__version__ and config['n_train'] == 500 and config['n_test'] == 200
     assert config['data_source'].startswith('bundled sample')
 
@@ -85,7 +86,7 @@ def test_evaluate_prints_per_class_and_overall_accuracy(sample_run, capsys):
     (['train', '--precision', 'fp8'], '--precision'), (['train', '--schedule', 'cosine'], '--schedule'),
     (['train', '--label-smoothing', '1'], '--label-smoothing'), (['train', '--plateau-patience', '-1'], '--plateau-patience'),
     (['train', '--ema', '1'], '--ema'), (['train', '--ema', '-0.5'], '--ema'), (['train', '--ema-every', '0'], '--ema-every'),
-    (['train', '--lr-find-iters', '0'], '--lr-find-iters'),
+    (['train', '--lr-find-iters', '0'], '--lr-find-iters'), (['train', '--lr-mult', '0'], '--lr-mult'),
     (['train', '--resume', 'no-such-run'], 'not a run folder'), (['lr-find', '--bs', '-1'], '--bs')])
 def test_bad_options_exit_2_with_one_line_before_loading_data(argv, message, monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(tmp_path)
