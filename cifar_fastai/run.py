@@ -124,26 +124,33 @@ def run_learner(dls, config: RunConfig, path: Path) -> Learner:
                          path=path, model_dir='.')
 
 
-def find_lr(learn: Learner, plot_path: Path | None = None, suggestion: str = 'minimum', num_it: int = 100) -> dict:
-    "fastai's LR range test (weights and optimizer restored afterwards): every suggestion, `suggestion` under 'lr'"
-    import matplotlib.pyplot as plt
+def find_lr(learn: Learner, plot_path: Path | None = None, suggestion: str = 'minimum', num_it: int = 100,
+            mult: float = 1.) -> dict:
+    "fastai's LR range test (weights and optimizer restored afterwards): every suggestion, `mult` x `suggestion` under 'lr'"
     if suggestion not in LR_SUGGESTIONS: raise ConfigError(f"--lr-suggestion must be one of {', '.join(LR_SUGGESTIONS)}, got {suggestion!r}")
     learn.lr_find(num_it=num_it, show_plot=False, suggest_funcs=None)
     found = _suggestions(learn.recorder, num_it)
     if found[suggestion] is None:
         raise ConfigError(f"lr_find recorded too few points for the '{suggestion}' rule: raise --lr-find-iters "
                           f"(now {num_it}) or choose another --lr-suggestion")
-    found |= {'lr': found[suggestion], 'suggestion': suggestion}
-    if plot_path is not None:
-        learn.recorder.plot_lr_find()  # fastai's plot (it returns no figure: take the current one)
-        fig, ax = plt.gcf(), plt.gca()
-        for (name, lr), color in zip(((n, found[n]) for n in LR_SUGGESTIONS), ('tab:orange', 'tab:green', 'tab:red', 'tab:purple')):
-            ax.axvline(lr, color=color, linestyle='-' if name == suggestion else ':', label=f"{name} {lr:.2e}" + (' (used)' if name == suggestion else ''))
-        ax.set_title(f'LR range test, SGD momentum {learn.opt.hypers[0]["mom"]:g}')
-        ax.legend(loc='best')
-        fig.savefig(plot_path, dpi=120, bbox_inches='tight')
-        plt.close(fig)
+    found |= {'lr': mult * found[suggestion], 'suggestion': suggestion, 'mult': mult}
+    if plot_path is not None: _plot_lr_find(learn, found, plot_path)
     return found
+
+
+def _plot_lr_find(learn: Learner, found: dict, plot_path: Path):
+    "fastai's plot of the range test, with a line for each suggestion and one for the rate used"
+    import matplotlib.pyplot as plt
+    learn.recorder.plot_lr_find()  # fastai's plot (it returns no figure: take the current one)
+    fig, ax = plt.gcf(), plt.gca()
+    for (name, lr), color in zip(((n, found[n]) for n in LR_SUGGESTIONS), ('tab:orange', 'tab:green', 'tab:red', 'tab:purple')):
+        if lr is not None: ax.axvline(lr, color=color, linestyle='-' if name == found['suggestion'] else ':', label=f"{name} {lr:.2e}")
+    ax.axvline(found['lr'], color='black', label=f"used {found['lr']:.2e}" +
+               (f" ({found['mult']:g} x {found['suggestion']})" if found['mult'] != 1 else ''))
+    ax.set_title(f'LR range test, SGD momentum {learn.opt.hypers[0]["mom"]:g}')
+    ax.legend(loc='best')
+    fig.savefig(plot_path, dpi=120, bbox_inches='tight')
+    plt.close(fig)
 
 
 def _suggestions(recorder, num_it: int) -> dict:
@@ -173,7 +180,7 @@ def _versions() -> dict:
 
 
 def _write_config(run: Path, config: RunConfig, learn: Learner, lr: float, dls, found: dict | None):
-    record = {**asdict(config), 'found_lr': found['lr'] if found else None, 'lr_suggestions': found, 'lr_used': lr,
+    record = {**asdict(config), 'found_lr': found[found['suggestion']] if found else None, 'lr_suggestions': found, 'lr_used': lr,
               'precision_used': learn.precision, 'device': str(dls.device), 'data_source': dls.data.source,
               'classes': list(dls.vocab), 'n_train': len(dls.train_ds), 'n_test': len(dls.valid_ds),
               'processes': max(num_distrib(), 1), **_versions()}
@@ -190,7 +197,7 @@ def _launch(config: RunConfig, out):
 
 def _find_lr_on_main(learn: Learner, run: Path, config: RunConfig, parallel) -> dict:
     "`find_lr` in one process, or on rank 0 alone with its result sent to every process"
-    find = lambda: find_lr(learn, run / LR_PLOT, config.lr_suggestion, config.lr_find_iters)
+    find = lambda: find_lr(learn, run / LR_PLOT, config.lr_suggestion, config.lr_find_iters, config.lr_mult)
     if parallel is None: return find()
     with parallel.single_process(): found = None if rank_distrib() else find()
     return parallel.broadcast_value(found)
@@ -218,9 +225,9 @@ def _resume(learn: Learner, run: Path, config: RunConfig, log) -> tuple:
 def _start(learn: Learner, run: Path, config: RunConfig, parallel, log) -> tuple:
     "Find the learning rate if asked and write `config.json`: no epochs done, and the rate to train with"
     found = _find_lr_on_main(learn, run, config, parallel) if config.lr == 'find' else None
-    lr = found['lr'] * config.lr_mult if found else float(config.lr)
-    if found: log(f"lr_find suggests {found['lr']:.3g} ({config.lr_suggestion}); training at {config.lr_mult:g} x that = "
-                  f"{lr:.3g}; plot in {run / LR_PLOT}")
+    lr = found['lr'] if found else float(config.lr)
+    if found: log(f"lr_find suggests {found[config.lr_suggestion]:.3g} ({config.lr_suggestion}); training at "
+                  f"{config.lr_mult:g} x that = {lr:.3g}; plot in {run / LR_PLOT}")
     if not rank_distrib(): _write_config(run, config, learn, lr, learn.dls, found)
     return 0, lr
 

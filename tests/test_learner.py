@@ -30,6 +30,20 @@ def test_lr_find_restores_weights_and_optimizer_state_exactly(dls, tmp_path):
     assert list(tmp_path.rglob('*.pth')) == []  # the finder's temporary copy is gone
 
 
+@pytest.mark.parametrize('mult', [1., 2.5])
+def test_find_lr_returns_mult_times_the_suggestion_and_plots_it(dls, tmp_path, mult):
+    from PIL import Image
+    from cifar_fastai.run import find_lr
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(4, 10))
+    learn = cifar_learner(dls, model=model, path=tmp_path, precision='fp32', channels_last=False)
+    found = find_lr(learn, tmp_path / 'lr_find.png', 'minimum', num_it=20, mult=mult)
+    assert found['suggestion'] == 'minimum' and found['mult'] == mult and found['minimum'] > 0
+    assert found['lr'] == pytest.approx(mult * found['minimum'], rel=1e-12)
+    with Image.open(tmp_path / 'lr_find.png') as im: assert im.size[0] > 100 and im.size[1] > 100
+
+
 @pytest.mark.parametrize('wd_mode,torch_opt', [
     ('l2', lambda ps, lr, wd: torch.optim.SGD(ps, lr=lr, momentum=0.9, weight_decay=wd)),
     ('decoupled', lambda ps, lr, wd: torch.optim.SGD(ps, lr=lr, momentum=0.9))])
