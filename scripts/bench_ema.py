@@ -5,6 +5,7 @@ The live weights follow the recipe given (its own `--ema` decides what `metrics.
 the test set after each epoch. The run folder gets `shadow_averages.csv`. Run by hand; results go to BENCHMARKS.md.
 
     python scripts/bench_ema.py --data ../shared/data/cifar10 --epochs 5 --shadow 0.995 0.999 --out runs/ema-decays
+    python scripts/bench_ema.py --runs runs/ema-decays runs/other     # the table of finished run folders
 """
 import argparse
 import csv
@@ -13,8 +14,9 @@ from pathlib import Path
 import torch
 from fastai.callback.core import Callback
 
+from cifar_fastai.callbacks import read_metrics
 from cifar_fastai.ema import EMA
-from cifar_fastai.run import RunConfig, train
+from cifar_fastai.run import METRICS, RunConfig, read_config, train
 
 SHADOWS = 'shadow_averages.csv'
 
@@ -63,16 +65,36 @@ class ShadowAverages(Callback):
         return total / n, correct / n
 
 
+def table(runs: list) -> str:
+    "Markdown: per run and epoch, the test accuracy (%) of the recipe's average and of each shadow decay"
+    lines = []
+    for run in map(Path, runs):
+        own = {m['epoch']: m['test_accuracy'] for m in read_metrics(run / METRICS)}
+        with (run / SHADOWS).open() as f: shadows = list(csv.DictReader(f))
+        decays = sorted({float(r['decay']) for r in shadows}, reverse=True)
+        by = {(int(r['epoch']), float(r['decay'])): float(r['test_accuracy']) for r in shadows}
+        lines += [f"`{run.name}` (lr {read_config(run)['lr_used']:.3g}):", '',
+                  f"| epoch | recipe, decay {read_config(run)['ema']:g} | " + ' | '.join(f'decay {d:g}' for d in decays) + ' |',
+                  '|---|---|' + '---|' * len(decays)]
+        lines += [f"| {e} | {100 * a:.2f} % | " + ' | '.join(f'{100 * by[e, d]:.2f} %' if (e, d) in by else '' for d in decays) + ' |'
+                  for e, a in sorted(own.items())] + ['']
+    return '\n'.join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--shadow', type=float, nargs='+', required=True, help='decays to score beside the recipe')
-    parser.add_argument('--out', required=True, help='run folder')
+    parser.add_argument('--runs', nargs='+', help='print the table of these finished run folders, and train nothing')
+    parser.add_argument('--shadow', type=float, nargs='+', help='decays to score beside the recipe')
+    parser.add_argument('--out', help='run folder')
     for name in ('data', 'epochs', 'lr', 'seed', 'ema', 'ema_every', 'label_smoothing', 'bs'):
         default = getattr(RunConfig, name)
         kind = (lambda s: s if s == 'find' else float(s)) if name == 'lr' else type(default) if default is not None else str
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default)
     args = vars(parser.parse_args())
+    if args['runs']: return print(table(args['runs']))
+    if not (args['shadow'] and args['out']): parser.error('--shadow and --out are needed to train (or --runs for a table)')
     shadow, out = args.pop('shadow'), Path(args.pop('out'))
+    del args['runs']
     config = RunConfig(**args, interpret=False)
     train(config, out, cbs=[ShadowAverages(shadow, config.ema_every, out / SHADOWS)], progress=False)
 

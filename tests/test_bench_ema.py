@@ -35,3 +35,18 @@ def test_a_shadow_average_scores_as_the_recipe_with_its_decay(bench, tmp_path, e
         assert [r['test_loss'] for r in shadow] == pytest.approx([r['test_loss'] for r in own], abs=1e-5)
         assert [r['test_accuracy'] for r in shadow] == pytest.approx([r['test_accuracy'] for r in own], abs=1e-9)
     assert [r['test_loss'] for r in shadow_a] != pytest.approx([r['test_loss'] for r in shadow_b], abs=1e-3)
+
+
+def test_table_puts_each_decay_beside_the_recipe(bench, tmp_path):
+    from cifar_fastai.callbacks import write_metrics
+    run = tmp_path / 'run-a'
+    run.mkdir()
+    (run / 'config.json').write_text('{"lr_used": 0.0055, "ema": 0.998}')
+    write_metrics(run / 'metrics.csv', [dict(epoch=e, train_loss=1., train_accuracy=.5, test_loss=1., test_accuracy=acc,
+                                             lr=.0055, seconds=2.) for e, acc in ((1, .6951), (2, .7665))])
+    (run / bench.SHADOWS).write_text('epoch,decay,test_loss,test_accuracy\n1,0.995,0.8,0.6951\n1,0.99,0.8,0.695\n'
+                                     '2,0.995,0.7,0.7665\n2,0.99,0.7,0.7668\n')
+    lines = bench.table([run]).splitlines()
+    assert lines[0] == '`run-a` (lr 0.0055):'
+    assert lines[2:6] == ['| epoch | recipe, decay 0.998 | decay 0.995 | decay 0.99 |', '|---|---|---|---|',
+                          '| 1 | 69.51 % | 69.51 % | 69.50 % |', '| 2 | 76.65 % | 76.65 % | 76.68 % |']
