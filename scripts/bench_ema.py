@@ -16,6 +16,7 @@ from fastai.callback.core import Callback
 
 from cifar_fastai.callbacks import read_metrics
 from cifar_fastai.ema import EMA
+from cifar_fastai.precision import DTYPES
 from cifar_fastai.run import METRICS, RunConfig, read_config, train
 
 SHADOWS = 'shadow_averages.csv'
@@ -53,7 +54,7 @@ class ShadowAverages(Callback):
     def _score(self) -> tuple:
         "Mean loss and accuracy of the model as it is on the test loader, under the recipe's autocast"
         model, device = self.model, next(self.model.parameters()).device
-        dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(self.learn.precision)
+        dtype = DTYPES.get(self.learn.precision)
         was_training, total, correct, n = model.training, 0., 0, 0
         model.eval()
         for xb, yb in self.dls.valid:
@@ -73,8 +74,9 @@ def table(runs: list) -> str:
         with (run / SHADOWS).open() as f: shadows = list(csv.DictReader(f))
         decays = sorted({float(r['decay']) for r in shadows}, reverse=True)
         by = {(int(r['epoch']), float(r['decay'])): float(r['test_accuracy']) for r in shadows}
-        lines += [f"`{run.name}` (lr {read_config(run)['lr_used']:.3g}):", '',
-                  f"| epoch | recipe, decay {read_config(run)['ema']:g} | " + ' | '.join(f'decay {d:g}' for d in decays) + ' |',
+        config = read_config(run)
+        lines += [f"`{run.name}` (lr {config['lr_used']:.3g}):", '',
+                  f"| epoch | recipe, decay {config['ema']:g} | " + ' | '.join(f'decay {d:g}' for d in decays) + ' |',
                   '|---|---|' + '---|' * len(decays)]
         lines += [f"| {e} | {100 * a:.2f} % | " + ' | '.join(f'{100 * by[e, d]:.2f} %' if (e, d) in by else '' for d in decays) + ' |'
                   for e, a in sorted(own.items())] + ['']
