@@ -24,8 +24,8 @@ def test_config_records_the_options_the_found_lr_and_versions(sample_run):
     learn, run = sample_run
     config = json.loads((run / 'config.json').read_text())
     assert config['epochs'] == 2 and config['lr'] == 'find' and config['schedule'] == 'plateau'
-    assert config['found_lr'] == config['lr_suggestions']['minimum'] > 0 and config['lr_mult'] == 2
-    assert config['lr_used'] == pytest.approx(2 * config['found_lr'], rel=1e-12)
+    assert config['found_lr'] == config['lr_suggestions']['minimum'] > 0 and config['lr_mult'] == 4
+    assert config['lr_used'] == pytest.approx(4 * config['found_lr'], rel=1e-12)
     assert config['torch'] == torch.__version__ and config['n_train'] == 500 and config['n_test'] == 200
     assert config['data_source'].startswith('bundled sample')
 
@@ -99,10 +99,13 @@ def test_bad_options_exit_2_with_one_line_before_loading_data(argv, message, mon
 
 def test_without_progress_bars_a_run_logs_one_line_per_epoch_matching_metrics(tmp_path, capsys):
     lines = []
-    train(RunConfig(data='sample', epochs=2, bs=100, lr=0.02, interpret=False), tmp_path / 'run', log=lines.append, progress=False)
-    rows = read_metrics(tmp_path / 'run' / 'metrics.csv')
+    learn = train(RunConfig(data='sample', epochs=2, bs=100, lr=0.02, interpret=False), tmp_path / 'run',
+                  log=lines.append, progress=False)
+    rows, written = learn.epoch_record.rows, read_metrics(tmp_path / 'run' / 'metrics.csv')
     epoch_lines = [l for l in lines if l.startswith('epoch ')]
-    assert epoch_lines == [format_row(r, 2) for r in rows]  # the csv keeps 6 digits: the lines round further
+    assert epoch_lines == [format_row(r, 2) for r in rows]
+    for row, back in zip(rows, written, strict=True):  # the csv keeps 6 digits
+        assert back == pytest.approx(row, rel=1e-5)
     assert epoch_lines[0].startswith('epoch 1/2: train loss ')
     assert capsys.readouterr().out == ''  # neither fastai's bars nor its print of each epoch's values
 
