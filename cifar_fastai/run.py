@@ -43,9 +43,9 @@ class RunConfig:
     bs: int = 64                    # twice the steps per epoch of 128, for 5% less throughput on a CPU
     lr: float | str = 'find'        # a number, or 'find' for the suggestion of `lr_find`
     lr_suggestion: str = 'minimum'  # which of fastai's `lr_find` suggestions 'find' uses
-    lr_find_iters: int = 100        # batches of the range test (fastai's default)
-    lr_mult: float = 2.             # 'find' trains at this times the suggestion: the weight average takes the noise
-                                    # of the higher rate (BENCHMARKS.md: 2x 'minimum' led at epochs 1-5 on two seeds)
+    lr_find_iters: int = 300        # batches of the range test: 'minimum' varied 1.2x over 4 seeds, 3x at fastai's 100
+    lr_mult: float = 4.             # 'find' trains at this times the suggestion: the weight average takes the noise
+                                    # of the higher rate (BENCHMARKS.md: 4x 'minimum' of 300 batches is 0.0053-0.0063)
     momentum: float = 0.9
     wd: float = 5e-4
     wd_mode: str = 'l2'             # 'l2': added to the gradient, as the reports; or 'decoupled'

@@ -78,7 +78,8 @@ def small_run(folder, lr_config: dict):
 
 @pytest.mark.parametrize('lr_config, expected', [
     (dict(lr='find', found_lr=0.0123, lr_used=0.0123), ['suggested **0.0123**', '![LR range test](lr_find.png)']),
-    (dict(lr='find', found_lr=0.0123, lr_used=0.0246, lr_mult=2.), ['suggested **0.0123**', 'training used 0.0246 (2 x the suggestion']),
+    (dict(lr='find', found_lr=0.0123, lr_used=0.0492, lr_mult=4., lr_find_iters=300),
+     ['range test of 300 batches) suggested **0.0123**', 'training used 0.0492 (4 x the suggestion']),
     (dict(lr=0.05, found_lr=None, lr_used=0.05), ['Fixed learning rate 0.05'])])
 def test_report_gives_the_learning_rate_and_how_it_was_chosen(tmp_path, lr_config, expected):
     p = Predictions(torch.eye(3)[[0, 1, 2, 0]], torch.tensor([0, 1, 2, 1]), ['cat', 'dog', 'frog'])
