@@ -4,6 +4,7 @@ from dataclasses import asdict
 
 import pytest
 
+from cifar_fastai.callbacks import write_metrics
 from cifar_fastai.run import RunConfig
 from tests.helpers import load_script
 
@@ -18,8 +19,8 @@ def _run(folder, accuracies, **config):
     record = {**asdict(RunConfig()), 'lr_used': 0.0053, 'found_lr': 0.001325, 'precision_used': 'bf16',
               'n_train': 50000, 'n_test': 10000, 'processor': 'Test CPU', **config}
     (folder/'config.json').write_text(json.dumps(record))
-    rows = [f'{e},1.0,0.5,0.9,{a},0.0053,60.0' for e, a in enumerate(accuracies, 1)]
-    (folder/'metrics.csv').write_text('epoch,train_loss,train_accuracy,test_loss,test_accuracy,lr,seconds\n' + '\n'.join(rows) + '\n')
+    write_metrics(folder/'metrics.csv', [dict(epoch=e, train_loss=1., train_accuracy=.5, test_loss=.9, test_accuracy=a,
+                                              lr=.0053, seconds=60.) for e, a in enumerate(accuracies, 1)])
     return folder
 
 
