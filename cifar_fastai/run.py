@@ -44,8 +44,8 @@ class RunConfig:
     lr: float | str = 'find'        # a number, or 'find' for the suggestion of `lr_find`
     lr_suggestion: str = 'minimum'  # which of fastai's `lr_find` suggestions 'find' uses
     lr_find_iters: int = 300        # batches of the range test: 'minimum' varied 1.2x over 4 seeds, 3x at fastai's 100
-    lr_mult: float = 4.             # 'find' trains at this times the suggestion: the weight average takes the noise
-                                    # of the higher rate (BENCHMARKS.md: 4x 'minimum' of 300 batches is 0.0053-0.0063)
+    lr_mult: float = 5.             # 'find' trains at this times the suggestion: the weight average takes the noise
+                                    # of the higher rate (BENCHMARKS.md: 5x 'minimum' of 300 batches is 0.0066-0.0079)
     momentum: float = 0.9
     wd: float = 5e-4
     wd_mode: str = 'l2'             # 'l2': added to the gradient, as the reports; or 'decoupled'

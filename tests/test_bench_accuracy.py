@@ -16,7 +16,7 @@ def bench(): return load_script('bench_accuracy')
 def _run(folder, accuracies, **config):
     "A run folder as `train` leaves it, with these test accuracies per epoch"
     folder.mkdir()
-    record = {**asdict(RunConfig()), 'lr_used': 0.0053, 'found_lr': 0.001325, 'precision_used': 'bf16',
+    record = {**asdict(RunConfig()), 'lr_mult': 4., 'lr_used': 0.0053, 'found_lr': 0.001325, 'precision_used': 'bf16',
               'n_train': 50000, 'n_test': 10000, 'processor': 'Test CPU', **config}
     (folder/'config.json').write_text(json.dumps(record))
     write_metrics(folder/'metrics.csv', [dict(epoch=e, train_loss=1., train_accuracy=.5, test_loss=.9, test_accuracy=a,

@@ -24,8 +24,8 @@ def test_config_records_the_options_the_found_lr_and_versions(sample_run):
     learn, run = sample_run
     config = json.loads((run / 'config.json').read_text())
     assert config['epochs'] == 2 and config['lr'] == 'find' and config['schedule'] == 'plateau'
-    assert config['found_lr'] == config['lr_suggestions']['minimum'] > 0 and config['lr_mult'] == 4
-    assert config['lr_used'] == pytest.approx(4 * config['found_lr'], rel=1e-12)
+    assert config['found_lr'] == config['lr_suggestions']['minimum'] > 0 and config['lr_mult'] == 5
+    assert config['lr_used'] == pytest.approx(5 * config['found_lr'], rel=1e-12)
     assert config['torch'] == torch.__version__ and config['n_train'] == 500 and config['n_test'] == 200
     assert config['data_source'].startswith('bundled sample')
 
