@@ -11,9 +11,12 @@ from fastai.callback.schedule import ParamScheduler
 from cifar_fastai.collective import all_reduce_sum, broadcast_value, is_main
 from cifar_fastai.io import atomic_write
 
-__all__ = ['ReduceLROnPlateau', 'EpochRecord', 'NonFiniteLossError', 'StopOnNonFinite', 'METRIC_COLUMNS', 'format_row']
+__all__ = ['ReduceLROnPlateau', 'EpochRecord', 'TestPass', 'NonFiniteLossError', 'StopOnNonFinite', 'METRIC_COLUMNS',
+           'format_row']
 
-METRIC_COLUMNS = ('epoch', 'train_loss', 'train_accuracy', 'test_loss', 'test_accuracy', 'lr', 'seconds')
+# valid_*: the part of train held out by `valid_pct`, present only when there is one (else the test split validates)
+METRIC_COLUMNS = ('epoch', 'train_loss', 'train_accuracy', 'valid_loss', 'valid_accuracy', 'test_loss', 'test_accuracy',
+                  'lr', 'seconds')
 
 
 def _in_fit(learn) -> bool:
@@ -92,7 +95,7 @@ class StopOnNonFinite(Callback):
 
 
 class EpochRecord(Callback):
-    "Per epoch: mean train loss and accuracy, test loss and accuracy, learning rate and seconds; kept in `rows`"
+    "Per epoch: mean train, validation and test loss and accuracy, learning rate and seconds; kept in `rows`"
     order, run_valid = 55, True
 
     def __init__(self, csv_path: Path | None = None, rows: list | None = None, log=None):
@@ -100,38 +103,65 @@ class EpochRecord(Callback):
 
     def before_epoch(self):
         self.start, self.lr_sum, self.n_batches = time.time(), 0., 0
-        self.sums = {k: torch.zeros(3, dtype=torch.float64) for k in ('train', 'test')}  # loss * n, correct, n
+        # loss * n, correct, n; 'valid' is what the loop validates on, 'test' filled by `TestPass` when that differs
+        self.sums = {k: torch.zeros(3, dtype=torch.float64) for k in ('train', 'valid', 'test')}
+
+    def add(self, split: str, loss: torch.Tensor, pred: torch.Tensor, y: torch.Tensor):
+        "Count a batch of `split` with mean `loss`"
+        correct = (pred.argmax(dim=-1) == y).sum().item()
+        self.sums[split] += torch.tensor([loss.detach().item() * len(y), correct, len(y)], dtype=torch.float64)
 
     def after_batch(self):
         if not _in_fit(self.learn): return
-        y, n = self.yb[0], len(self.yb[0])
-        correct = (self.pred.argmax(dim=-1) == y).sum().item()
-        self.sums['train' if self.training else 'test'] += torch.tensor([self.loss.detach().item() * n, correct, n], dtype=torch.float64)
+        self.add('train' if self.training else 'valid', self.loss, self.pred, self.yb[0])
         if self.training: self.lr_sum, self.n_batches = self.lr_sum + self.opt.hypers[-1]['lr'], self.n_batches + 1
 
     def after_epoch(self):
         if not _in_fit(self.learn) or self.sums['train'][2] == 0: return
-        sums = {k: all_reduce_sum(v) for k, v in self.sums.items()}
-        (trl, trc, trn), (tel, tec, ten) = (sums[k].tolist() for k in ('train', 'test'))
-        row = dict(epoch=len(self.rows) + 1, train_loss=trl / trn, train_accuracy=trc / trn,
-                   test_loss=tel / max(ten, 1), test_accuracy=tec / max(ten, 1),
-                   lr=self.lr_sum / self.n_batches, seconds=time.time() - self.start)
+        # `TestPass` predicts the whole test split on every process: its sums are already complete
+        sums = {k: v if k == 'test' else all_reduce_sum(v) for k, v in self.sums.items()}
+        if not sums['test'][2]: sums['test'], sums['valid'] = sums['valid'], sums['test']  # the loop tested
+        row = dict(epoch=len(self.rows) + 1, **_means('train', sums['train']))
+        if sums['valid'][2]: row |= _means('valid', sums['valid'])
+        row |= dict(**_means('test', sums['test']), lr=self.lr_sum / self.n_batches, seconds=time.time() - self.start)
         self.rows.append(row)
         if self.csv_path is not None and is_main(): write_metrics(self.csv_path, self.rows)
         if self.log is not None: self.log(format_row(row, self.n_epoch))
 
 
+def _means(split: str, sums: torch.Tensor) -> dict:
+    "Mean loss and accuracy of `split` from its (loss * n, correct, n) sums"
+    loss, correct, n = sums.tolist()
+    return {f'{split}_loss': loss / max(n, 1), f'{split}_accuracy': correct / max(n, 1)}
+
+
+class TestPass(Callback):
+    "After each validation of a fit on a held-out split, predict the test split too, into `EpochRecord`"
+    order = 4  # before `EMA` (5) puts the live weights back: the test split sees the model the validation saw
+
+    def after_validate(self):
+        if not _in_fit(self.learn) or len(self.dls.loaders) < 3: return
+        dtype = self.learn.autocast.dtype if hasattr(self.learn, 'autocast') else None  # the `Autocast` callback
+        layout = torch.channels_last if hasattr(self.learn, 'channels_last') else torch.contiguous_format
+        device = next(self.model.parameters()).device
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            for xb, yb in self.dls[2]:
+                pred = self.model(xb.contiguous(memory_format=layout)).float()
+                self.learn.epoch_record.add('test', self.learn.loss_func(pred, yb), pred, yb)
+
+
 def format_row(row: dict, n_epoch: int | None = None) -> str:
     "One line for a `metrics.csv` row: what the progress table shows, for logs that are not a terminal"
     of = f"/{n_epoch}" if n_epoch else ''
-    return (f"epoch {row['epoch']}{of}: train loss {row['train_loss']:.4f} accuracy {row['train_accuracy']:.2%} | "
-            f"test loss {row['test_loss']:.4f} accuracy {row['test_accuracy']:.2%} | lr {row['lr']:.3g} | {row['seconds']:.0f} s")
+    splits = ' | '.join(f"{split} loss {row[f'{split}_loss']:.4f} accuracy {row[f'{split}_accuracy']:.2%}"
+                        for split in ('train', 'valid', 'test') if f'{split}_loss' in row)
+    return f"epoch {row['epoch']}{of}: {splits} | lr {row['lr']:.3g} | {row['seconds']:.0f} s"
 
 
 def write_metrics(path: Path, rows: list):
     "Write the per-epoch `rows` to `path` as CSV, atomically"
     with atomic_write(path, 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=[c for c in METRIC_COLUMNS if c in rows[0]] if rows else METRIC_COLUMNS)
         writer.writeheader()
         writer.writerows({k: (f'{v:.6g}' if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
 

@@ -22,6 +22,9 @@ def _train_options(p: argparse.ArgumentParser):
     d = RunConfig()
     p.add_argument('--data', help="CIFAR-10 folder (batches or class folders), 'sample' or 'cifar10' (download); "
                                   "default: full CIFAR-10 from $CIFAR10_DIR, fastai's data folder or ./data, else the bundled sample")
+    p.add_argument('--valid-pct', type=float, default=d.valid_pct,
+                   help='share of each class of train held out to validate on, the plateau watching it; the test split is '
+                        'then predicted each epoch too (default %(default)s: the test split validates, as the reports)')
     p.add_argument('--bs', type=int, default=d.bs, help='batch size (default %(default)s)')
     p.add_argument('--lr', type=_positive_float_or_find, default=d.lr, help="learning rate, or 'find' for lr_find's suggestion (default)")
     p.add_argument('--lr-suggestion', default=d.lr_suggestion, help="which lr_find suggestion 'find' uses: valley, slide, minimum (default) or steep")

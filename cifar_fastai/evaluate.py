@@ -3,11 +3,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from fastai.callback.core import Callback
 from fastai.learner import Learner
 
+from cifar_fastai.loaders import ds_idx_of_test
 from cifar_fastai.run import WEIGHTS, RunConfig, read_config, run_dls, run_learner
 
-__all__ = ['Predictions', 'predict', 'class_accuracy', 'format_accuracy', 'load_run']
+__all__ = ['Predictions', 'FlipBatch', 'predict', 'class_accuracy', 'format_accuracy', 'load_run']
 
 
 @dataclass
@@ -23,9 +25,18 @@ class Predictions:
     def accuracy(self) -> float: return (self.preds == self.targets).float().mean().item()
 
 
-def predict(learn: Learner, ds_idx: int = 1) -> Predictions:
-    "Predict every image of split `ds_idx` (1: the test set) once, without augmentation or shuffling"
+class FlipBatch(Callback):
+    "Mirror every input batch left to right: the second view of flip test-time augmentation"
+    order = 1  # before `Autocast` and `ChannelsLast`, which see the mirrored batch
+    def before_batch(self): self.learn.xb = tuple(x.flip(-1) for x in self.xb)
+
+
+def predict(learn: Learner, ds_idx: int | None = None, tta: bool = False) -> Predictions:
+    "Predict every image of split `ds_idx` (default the test split) once, without augmentation or shuffling"
+    # tta: the mean of the probabilities of each image and of its mirror image (flip test-time augmentation)
+    ds_idx = ds_idx_of_test(learn.dls) if ds_idx is None else ds_idx
     probs, targets = learn.get_preds(ds_idx=ds_idx)
+    if tta: probs = (probs + learn.get_preds(ds_idx=ds_idx, cbs=[FlipBatch()])[0]) / 2
     return Predictions(probs.float(), targets.long(), list(learn.dls.vocab))
 
 

@@ -1,4 +1,4 @@
-"fastai `DataLoaders` over CIFAR-10 held in memory: train = the train split, valid = the test split"
+"fastai `DataLoaders` over CIFAR-10 held in memory: train, valid (the test split, or a held-out part of train), test"
 import os
 from pathlib import Path
 
@@ -13,7 +13,7 @@ from fasttransform import Transform
 from cifar_fastai.data import Cifar10, read_cifar10
 from cifar_fastai.transforms import CIFAR10_MEAN, CIFAR10_STD, AlbumentationsTransform, cifar_augs
 
-__all__ = ['ArrayImage', 'ArrayLabel', 'cifar_dls', 'default_workers']
+__all__ = ['ArrayImage', 'ArrayLabel', 'cifar_dls', 'default_workers', 'holdout_split', 'ds_idx_of_test']
 
 
 class ArrayImage(Transform):
@@ -42,10 +42,29 @@ def default_workers(device: torch.device) -> int:
     return 0 if device.type == 'cpu' else min(8, os.cpu_count() or 1)
 
 
+def holdout_split(labels: np.ndarray, valid_pct: float, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    "Indices (train, valid) of `labels`, with `valid_pct` of each class held out at random, fixed by `seed`"
+    if not 0 <= valid_pct < 1:
+        raise ValueError(f"`valid_pct` (the share of training images held out) must be in [0, 1), got {valid_pct!r}")
+    rng, valid = np.random.default_rng(0 if seed is None else seed), []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        valid.append(rng.permutation(members)[:round(valid_pct * len(members))])
+    valid = np.sort(np.concatenate(valid)) if valid else np.zeros(0, np.int64)
+    return np.setdiff1d(np.arange(len(labels)), valid), valid
+
+
+def ds_idx_of_test(dls: DataLoaders) -> int:
+    "Which loader of `dls` holds the test split: 2 when a validation split was held out of train, else 1"
+    return 2 if len(dls.loaders) > 2 else 1
+
+
 def cifar_dls(source=None, bs: int = 64, augs='default', valid_augs=None, seed: int | None = None,
               num_workers: int | None = None, device=None, val_bs: int | None = None, progress: bool = True,
-              **kwargs) -> DataLoaders:
+              valid_pct: float = 0., **kwargs) -> DataLoaders:
     "CIFAR-10 `DataLoaders` from `source` (a path, 'sample', 'cifar10', a `Cifar10` or None to search)"
+    # valid_pct > 0: that share of each class of train is the validation set and the test split a third loader
+    # (`dls[2]`, see `ds_idx_of_test`); 0: the test split is the validation set, as the reports and fastai's examples
     if not isinstance(bs, int) or bs < 1: raise ValueError(f"`bs` must be a whole number >= 1, got {bs!r}")
     data = source if isinstance(source, Cifar10) else read_cifar10(source, progress=progress)  # progress: decoding bar
     device = torch.device(device) if device is not None else default_device()
@@ -53,7 +72,9 @@ def cifar_dls(source=None, bs: int = 64, augs='default', valid_augs=None, seed: 
     n_train, n_test = len(data.train_y), len(data.test_y)
     images = np.concatenate([data.train_x, data.test_x])
     labels = np.concatenate([data.train_y, data.test_y])
-    splits = (list(range(n_train)), list(range(n_train, n_train + n_test)))
+    train, valid = holdout_split(data.train_y, valid_pct, seed)
+    test = list(range(n_train, n_train + n_test))
+    splits = (train.tolist(), valid.tolist(), test) if valid_pct else (train.tolist(), test)
     tfms = [[ArrayImage(images)], [ArrayLabel(labels, data.classes), Categorize(vocab=data.classes, sort=False)]]
     dsets = Datasets(list(range(n_train + n_test)), tfms, splits=splits)
     aug = AlbumentationsTransform(cifar_augs() if augs == 'default' else augs, valid_augs, seed=seed)

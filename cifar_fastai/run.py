@@ -18,7 +18,7 @@ from cifar_fastai.checkpoint import Checkpoint, SkipEpochs, load_checkpoint, res
 from cifar_fastai.ema import EMA
 from cifar_fastai.io import atomic_save, atomic_write, ensure_writable_dir
 from cifar_fastai.learner import WD_MODES, cifar_learner
-from cifar_fastai.loaders import cifar_dls
+from cifar_fastai.loaders import cifar_dls, ds_idx_of_test
 from cifar_fastai.precision import PRECISIONS
 from cifar_fastai.transforms import cifar_augs
 
@@ -39,6 +39,8 @@ class ConfigError(ValueError):
 class RunConfig:
     "Every option of a training run, as written to `config.json`"
     data: str | None = None         # path, 'sample', 'cifar10', or None: full CIFAR-10 if found, else the sample
+    valid_pct: float = 0.           # share of each class of train held out to validate on (the plateau watches it);
+                                    # 0: the test split validates, as the reports and fastai's CIFAR examples do
     epochs: int = 50                # as the reference reports
     bs: int = 64                    # twice the steps per epoch of 128, for 5% less throughput on a CPU
     lr: float | str = 'find'        # a number, or 'find' for the suggestion of `lr_find`
@@ -87,7 +89,7 @@ class RunConfig:
         if not self.lr_mult > 0: raise ConfigError(f"--lr-mult must be a positive number, got {self.lr_mult!r}")
         for name in ('momentum', 'wd', 'cutout_p', 'plateau_min_lr'):
             if getattr(self, name) < 0: raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)!r}")
-        for name in ('label_smoothing', 'ema'):
+        for name in ('label_smoothing', 'ema', 'valid_pct'):
             if not 0 <= getattr(self, name) < 1: raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)!r}")
         if not (isinstance(self.plateau_patience, int) and self.plateau_patience >= 0):
             raise ConfigError(f"--plateau-patience must be a whole number >= 0, got {self.plateau_patience!r}")
@@ -110,7 +112,8 @@ def read_config(run) -> dict:
 def run_dls(config: RunConfig, **kwargs):
     "The `DataLoaders` of `config`: its data, batch size, augmentation and seed"
     augs = cifar_augs(pad=config.pad, flip=config.flip, cutout=config.cutout, cutout_p=config.cutout_p)
-    return cifar_dls(config.data, bs=config.bs, augs=augs, seed=config.seed, num_workers=config.workers, **kwargs)
+    return cifar_dls(config.data, bs=config.bs, augs=augs, seed=config.seed, num_workers=config.workers,
+                     valid_pct=config.valid_pct, **kwargs)
 
 
 def run_learner(dls, config: RunConfig, path: Path) -> Learner:
@@ -182,7 +185,8 @@ def _versions() -> dict:
 def _write_config(run: Path, config: RunConfig, learn: Learner, lr: float, dls, found: dict | None):
     record = {**asdict(config), 'found_lr': found[found['suggestion']] if found else None, 'lr_suggestions': found, 'lr_used': lr,
               'precision_used': learn.precision, 'device': str(dls.device), 'data_source': dls.data.source,
-              'classes': list(dls.vocab), 'n_train': len(dls.train_ds), 'n_test': len(dls.valid_ds),
+              'classes': list(dls.vocab), 'n_train': len(dls.train_ds), 'n_valid': len(dls.valid_ds) if config.valid_pct else 0,
+              'n_test': len(dls[ds_idx_of_test(dls)].dataset),
               'processes': max(num_distrib(), 1), **_versions()}
     with atomic_write(run / CONFIG, 'w') as f: json.dump(record, f, indent=2)
 
@@ -251,7 +255,8 @@ def train(config: RunConfig, out, resume: bool = False, cbs=None, log=print, pro
     elif main and (run / CONFIG).exists():
         raise ConfigError(f"{run} already holds a run: continue it with --resume {run}, or choose another --out")
     dls = run_dls(config, progress=progress)
-    log(f"Data: {dls.data.source}: {len(dls.train_ds)} train and {len(dls.valid_ds)} test images")
+    held_out = f", {len(dls.valid_ds)} held out to validate" if config.valid_pct else ''
+    log(f"Data: {dls.data.source}: {len(dls.train_ds)} train{held_out} and {len(dls[ds_idx_of_test(dls)].dataset)} test images")
     learn = run_learner(dls, config, run)
     learn.epoch_record.csv_path, learn.epoch_record.log = run / METRICS, None if progress else log
     with nullcontext() if progress else _quiet(learn):
