@@ -28,7 +28,8 @@ def _train_options(p: argparse.ArgumentParser):
     p.add_argument('--bs', type=int, default=d.bs, help='batch size (default %(default)s)')
     p.add_argument('--lr', type=_positive_float_or_find, default=d.lr, help="learning rate, or 'find' for lr_find's suggestion (default)")
     p.add_argument('--lr-suggestion', default=d.lr_suggestion, help="which lr_find suggestion 'find' uses: valley, slide, minimum (default) or steep")
-    p.add_argument('--lr-mult', type=float, default=d.lr_mult, help="with --lr find, train at this times the suggestion (default %(default)s)")
+    p.add_argument('--lr-mult', type=float, help="with --lr find, train at this times the suggestion (default: by the "
+                                                 "budget, 5 for plateau and 20 for one-cycle)")
     p.add_argument('--lr-find-iters', type=int, default=d.lr_find_iters, help='batches of the LR range test (default %(default)s)')
     p.add_argument('--momentum', type=float, default=d.momentum, help='SGD momentum (default %(default)s)')
     p.add_argument('--wd', type=float, default=d.wd, help='weight decay (default %(default)s)')
@@ -38,7 +39,8 @@ def _train_options(p: argparse.ArgumentParser):
     p.add_argument('--ema', type=float, default=d.ema, help='decay per step of an average of the weights that is tested '
                                                          'and kept at the end, in [0, 1); 0 for none (default %(default)s)')
     p.add_argument('--ema-every', type=int, default=d.ema_every, help='steps between updates of that average (default %(default)s)')
-    p.add_argument('--pad', type=int, default=d.pad, help='reflect padding before a random 32x32 crop; 0, the default, for none, as the reports')
+    p.add_argument('--pad', type=int, help='reflect padding before a random 32x32 crop, 0 for none (default: 4 from 10 '
+                                           'epochs on, else 0)')
     p.add_argument('--no-flip', dest='flip', action='store_false', help='no random horizontal flip')
     p.add_argument('--cutout', type=int, default=d.cutout, help='side of the cutout hole in pixels, 0 for none (default %(default)s)')
     p.add_argument('--cutout-p', type=float, default=d.cutout_p, help='probability of the cutout (default %(default)s)')
@@ -59,6 +61,9 @@ def parser() -> argparse.ArgumentParser:
     t = _train_options(sub.add_parser('train', help='train a ResNet18 and write a run folder'))
     t.add_argument('--epochs', type=int, default=d.epochs, help='epochs (default %(default)s, as the reference reports)')
     t.add_argument('--schedule', default=d.schedule, help=f"one of {', '.join(SCHEDULES)} (default %(default)s)")
+    t.add_argument('--warmup', type=float, help='plateau: share of the steps over which the rate ramps up (default 0.05)')
+    t.add_argument('--anneal', type=float, help='plateau: share of the steps at the end over which the rate decays '
+                                                'linearly to 0 (default 0.2)')
     for name, kind in (('factor', float), ('patience', int), ('threshold', float), ('cooldown', int), ('min_lr', float)):
         auto = name == 'patience'  # None: RunConfig takes a tenth of the epochs
         t.add_argument(f"--plateau-{name.replace('_', '-')}", dest=f'plateau_{name}', type=kind,
@@ -75,6 +80,8 @@ def parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument('run', type=Path, help='a run folder written by `cifar-fastai train`')
         p.add_argument('--data', help='read the test images from here instead of the run\'s data source')
+    sub.choices['evaluate'].add_argument('--tta', action='store_true', help='also average each test image\'s '
+                                         'prediction with its mirror image\'s (flip test-time augmentation)')
     return top
 
 
@@ -138,7 +145,9 @@ def _bars(learn):
 def _evaluate(args):
     from cifar_fastai.evaluate import format_accuracy, load_run, predict
     learn = load_run(args.run, args.data)
-    with _bars(learn): print(format_accuracy(predict(learn)))
+    with _bars(learn):
+        print(format_accuracy(predict(learn)))
+        if args.tta: print(f"With flip test-time augmentation: {100 * predict(learn, tta=True).accuracy:.2f} %")
 
 
 def _run_command(args, name):

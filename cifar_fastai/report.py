@@ -74,7 +74,8 @@ def interpret_run(learn: Learner, run, k: int = 25, order: str = 'confident', se
                  confusion_matrix=lambda path: plot_confusion_matrix(interp, path),
                  top_losses=lambda path: plot_top_losses(interp, path=path))
     paths = _draw(steps, run, _shows_bars(learn))
-    return paths + [write_report(run, p, mistakes=_mistakes_text(len(idxs), order, seed))]
+    tta = predict(learn, tta=True).accuracy
+    return paths + [write_report(run, p, mistakes=_mistakes_text(len(idxs), order, seed), tta=tta)]
 
 
 def _table(header: list, rows: list) -> str:
@@ -101,7 +102,7 @@ def _picture(run: Path, name: str, alt: str) -> str:
     return f'![{alt}]({file})' if (run / file).is_file() else f'*({file} was not drawn: run `cifar-fastai interpret {run}`)*'
 
 
-def _summary(config: dict, rows: list, p: Predictions) -> str:
+def _summary(config: dict, rows: list, p: Predictions, tta: float | None = None) -> str:
     best = {f'best {k} accuracy': max(rows, key=lambda r: r[f'{k}_accuracy']) for k in ('test', 'train')}
     table = _table(['', 'epoch', 'train accuracy', 'test accuracy', 'train loss', 'test loss'],
                    [(name, r['epoch'], _pct(r['train_accuracy']), _pct(r['test_accuracy']), f"{r['train_loss']:.4f}",
@@ -109,7 +110,16 @@ def _summary(config: dict, rows: list, p: Predictions) -> str:
     return (f"Data: {config.get('data_source', config.get('data'))}: {config.get('n_train')} training and "
             f"{config.get('n_test')} test images, {len(p.classes)} classes.\n\n{table}\n\n"
             f"Trained {rows[-1]['epoch']} of {config.get('epochs')} configured epochs. The saved weights, predicted "
-            f"again for this report, classify {_pct(p.accuracy)} of the {len(p.targets)} test images.")
+            f"again for this report, classify {_pct(p.accuracy)} of the {len(p.targets)} test images"
+            + (f", {_pct(tta)} with flip test-time augmentation (each image's probabilities averaged with its "
+               f"mirror image's)." if tta is not None else '.') + _held_out(config))
+
+
+def _held_out(config: dict) -> str:
+    "Which split validated: a share of train held out, or the test split itself"
+    if not config.get('valid_pct'): return ' The test split was also the validation set, as in the reference reports.'
+    return (f" {config.get('n_valid')} training images ({config['valid_pct']:.0%} of each class) were held out to "
+            f"validate on; the plateau watched their loss, and the test split was only measured.")
 
 
 def _reference(rows: list) -> str:
@@ -178,13 +188,13 @@ def _speed_and_machine(config: dict, rows: list) -> str:
                       f"precision: {config.get('precision_used')}", f"- torch {config.get('torch')}"])
 
 
-def write_report(run, p: Predictions, mistakes: str = 'misclassified test images') -> Path:
+def write_report(run, p: Predictions, mistakes: str = 'misclassified test images', tta: float | None = None) -> Path:
     "Write `report.md` in run folder `run` from its config.json, metrics.csv, pictures and test predictions `p`"
     run = Path(run)
     config, rows = read_config(run), read_metrics(run / METRICS)
     if not rows: raise ValueError(f"{run / METRICS} has no epochs: train at least one epoch before the report")
     sections = [
-        (f'CIFAR-10 ResNet18 run `{run.name}`', _summary(config, rows, p)),
+        (f'CIFAR-10 ResNet18 run `{run.name}`', _summary(config, rows, p, tta)),
         ('Against the reference reports', _reference(rows)),
         ('Accuracy per class', accuracy_markdown(p) + '\n\n' + _picture(run, 'class_accuracy', 'accuracy per class')),
         ('Training curves', _picture(run, 'curves', 'training curves') + '\n\n' + _epochs(rows)),

@@ -20,6 +20,7 @@ from cifar_fastai.io import atomic_save, atomic_write, ensure_writable_dir
 from cifar_fastai.learner import WD_MODES, cifar_learner
 from cifar_fastai.loaders import cifar_dls, ds_idx_of_test
 from cifar_fastai.precision import PRECISIONS
+from cifar_fastai.recipe import WarmupAnneal, budget_defaults
 from cifar_fastai.transforms import cifar_augs
 
 __all__ = ['SCHEDULES', 'RunConfig', 'ConfigError', 'train', 'find_lr', 'run_dls', 'run_learner', 'read_config']
@@ -46,21 +47,22 @@ class RunConfig:
     lr: float | str = 'find'        # a number, or 'find' for the suggestion of `lr_find`
     lr_suggestion: str = 'minimum'  # which of fastai's `lr_find` suggestions 'find' uses
     lr_find_iters: int = 300        # batches of the range test: 'minimum' varied 1.2x over 4 seeds, 3x at fastai's 100
-    lr_mult: float = 5.             # 'find' trains at this times the suggestion: the weight average takes the noise
-                                    # of the higher rate (BENCHMARKS.md: 5x 'minimum' of 300 batches is 0.0066-0.0079)
+    lr_mult: float | None = None    # 'find' trains at this times the suggestion; None: by the budget (`budget_defaults`)
     momentum: float = 0.9
     wd: float = 5e-4
     wd_mode: str = 'l2'             # 'l2': added to the gradient, as the reports; or 'decoupled'
     label_smoothing: float = 0.     # torch's `CrossEntropyLoss(label_smoothing=...)`; 0: plain cross-entropy, as the reports
     ema: float = 0.998              # decay per step of the weight average that is tested and kept; 0: none, as the reports
     ema_every: int = 4              # steps between updates of the average (each one costs ~3% of a step)
-    schedule: str = 'plateau'       # ReduceLROnPlateau on test loss, or fastai's 'one-cycle'
+    schedule: str = 'plateau'       # ReduceLROnPlateau on the validation loss, or fastai's 'one-cycle'
+    warmup: float | None = None     # plateau: share of the steps the rate ramps up over; None: by the budget
+    anneal: float | None = None     # plateau: share of the steps at the end it decays to 0 over; None: by the budget
     plateau_factor: float = 0.1     # torch's ReduceLROnPlateau defaults, but for the patience
-    plateau_patience: int | None = None  # None: a tenth of the epochs (0 for 5, 5 for 50); torch's 10 never acts in a short run
+    plateau_patience: int | None = None  # None: by the budget, a tenth of the epochs
     plateau_threshold: float = 1e-4  # torch's; 0.1 made the plateau cut after epoch 4 but cost 0.5 points at epoch 5 with EMA
     plateau_cooldown: int = 0
     plateau_min_lr: float = 0.
-    pad: int = 0                    # reflection padding before a random 32x32 crop; 0: no crop, as the reports
+    pad: int | None = None          # reflection padding before a random 32x32 crop, 0 for none; None: by the budget
     flip: bool = True
     cutout: int = 16                # side of the square hole in pixels; 0: no cutout
     cutout_p: float = 0.5
@@ -73,7 +75,10 @@ class RunConfig:
     sync_bn: bool = False           # nn.SyncBatchNorm across the processes of a data-parallel run (CUDA only)
 
     def __post_init__(self):
-        if self.plateau_patience is None and isinstance(self.epochs, int): self.plateau_patience = self.epochs // 10
+        "Fill the options left as None from the budget's rule"
+        if not isinstance(self.epochs, int): return  # `check` names the bad value
+        for name, value in budget_defaults(self.epochs, self.schedule).items():
+            if getattr(self, name) is None: setattr(self, name, value)
 
     def check(self) -> 'RunConfig':
         "Raise `ConfigError` naming the first option out of range"
@@ -94,6 +99,8 @@ class RunConfig:
         if not (isinstance(self.plateau_patience, int) and self.plateau_patience >= 0):
             raise ConfigError(f"--plateau-patience must be a whole number >= 0, got {self.plateau_patience!r}")
         if not 0 < self.plateau_factor < 1: raise ConfigError(f"--plateau-factor must be in (0, 1), got {self.plateau_factor!r}")
+        try: WarmupAnneal(self.warmup, self.anneal)
+        except ValueError as e: raise ConfigError(f"--warmup/--anneal: {e}") from None
         return self
 
     @classmethod
@@ -124,6 +131,7 @@ def run_learner(dls, config: RunConfig, path: Path) -> Learner:
     return cifar_learner(dls, lr=lr, momentum=config.momentum, wd=config.wd, wd_mode=config.wd_mode,
                          precision=config.precision, channels_last=config.channels_last, plateau=plateau,
                          label_smoothing=config.label_smoothing, ema=EMA(config.ema, config.ema_every) if config.ema else 0.,
+                         cbs=[WarmupAnneal(config.warmup, config.anneal)] if config.warmup or config.anneal else None,
                          path=path, model_dir='.')
 
 

@@ -9,6 +9,7 @@ from fastai.vision.core import PILImage
 from cifar_fastai import cli
 from cifar_fastai.callbacks import format_row, read_metrics
 from cifar_fastai.data import read_cifar10
+from cifar_fastai.evaluate import predict
 from cifar_fastai.models import resnet18
 from cifar_fastai.run import RunConfig, train
 from tests.test_data import write_folders
@@ -82,12 +83,21 @@ def test_evaluate_prints_per_class_and_overall_accuracy(sample_run, capsys):
     assert overall == pytest.approx(100 * read_metrics(run / 'metrics.csv')[-1]['test_accuracy'], abs=1.1)
 
 
+def test_evaluate_tta_prints_the_accuracy_of_the_averaged_prediction(sample_run, capsys):
+    learn, run = sample_run
+    cli.main(['evaluate', str(run), '--tta'])
+    tta = float(capsys.readouterr().out.split('test-time augmentation:')[1].split('%')[0])
+    assert tta == pytest.approx(100 * predict(learn, tta=True).accuracy, abs=0.51)  # 1 of the 200 test images
+
+
 @pytest.mark.parametrize('argv,message', [
     (['train', '--epochs', '0'], '--epochs'), (['train', '--epochs', '-3'], '--epochs'),
     (['train', '--bs', '0'], '--bs'), (['train', '--lr', '-0.1'], '--lr'), (['train', '--lr', 'fast'], '--lr'),
     (['train', '--precision', 'fp8'], '--precision'), (['train', '--schedule', 'cosine'], '--schedule'),
     (['train', '--label-smoothing', '1'], '--label-smoothing'), (['train', '--plateau-patience', '-1'], '--plateau-patience'),
     (['train', '--ema', '1'], '--ema'), (['train', '--ema', '-0.5'], '--ema'), (['train', '--ema-every', '0'], '--ema-every'),
+    (['train', '--valid-pct', '1'], '--valid-pct'), (['train', '--anneal', '1.5'], '--anneal'),
+    (['train', '--warmup', '0.6', '--anneal', '0.6'], '--warmup'),
     (['train', '--lr-find-iters', '0'], '--lr-find-iters'), (['train', '--lr-mult', '0'], '--lr-mult'),
     (['train', '--resume', 'no-such-run'], 'not a run folder'), (['lr-find', '--bs', '-1'], '--bs')])
 def test_bad_options_exit_2_with_one_line_before_loading_data(argv, message, monkeypatch, capsys, tmp_path):

@@ -1,0 +1,50 @@
+"What follows a run's budget: the options that scale with the epochs, and the warm-up and final decay around the plateau"
+from fastai.callback.core import Callback
+
+from cifar_fastai.callbacks import _in_fit, _is_scheduled
+
+__all__ = ['budget_defaults', 'WarmupAnneal', 'warmup_anneal_factor']
+
+
+def budget_defaults(epochs: int, schedule: str = 'plateau') -> dict:
+    "The options a run of `epochs` gets unless set: see BENCHMARKS.md for the runs behind each rule"
+    return dict(
+        plateau_patience=epochs // 10,       # a tenth of the budget: 0 at 5 epochs, 5 at 50 (torch's 10 never acts)
+        pad=4 if epochs >= 10 else 0,        # a 4-pixel random translation, as every anchor past 20 epochs; at 5 epochs
+                                             # it cost accuracy (docs/results/sweep, the p-*-pad0 runs)
+        lr_mult=5. if schedule == 'plateau' else 20.,  # x lr_find's 'minimum'; one-cycle peaks higher, after its warm-up
+        warmup=0. if schedule != 'plateau' else 0.05,  # share of the steps the plateau's rate ramps up over
+        anneal=0. if schedule != 'plateau' else 0.2,   # share of the steps it decays linearly to 0 over, at the end
+    )
+
+
+def warmup_anneal_factor(step: int, total: int, warmup: float, anneal: float) -> float:
+    "The multiplier of the rate at `step` (0-based) of `total`: up over the first `warmup`, down to 0 over the last `anneal`"
+    n_up, n_down = round(warmup * total), round(anneal * total)
+    factor = (step + 1) / n_up if step < n_up else 1.
+    return min(factor, (total - step) / (n_down + 1)) if step >= total - n_down else factor
+
+
+class WarmupAnneal(Callback):
+    "Scale the rate the plateau sets by a linear warm-up at the start of a fit and a linear decay to 0 at its end"
+    order = 56  # after `EpochRecord` (55) has read the rate a batch used, the plateau's own rate goes back
+
+    def __init__(self, warmup: float = 0., anneal: float = 0.):
+        for name, value in (('warmup', warmup), ('anneal', anneal)):
+            if not 0 <= value <= 1: raise ValueError(f"`{name}` (a share of the steps) must be in [0, 1], got {value!r}")
+        if warmup + anneal > 1: raise ValueError(f"`warmup` + `anneal` must be at most 1, got {warmup} + {anneal}")
+        self.warmup, self.anneal, self.base = warmup, anneal, None
+
+    def before_batch(self):
+        if not (self.training and _in_fit(self.learn)) or _is_scheduled(self.learn): return
+        total = self.n_iter * self.n_epoch
+        step = round(self.pct_train * total)  # fastai's position in the fit, right after a resume too
+        factor = warmup_anneal_factor(step, total, self.warmup, self.anneal)
+        self.base = [h['lr'] for h in self.opt.hypers]
+        for h, lr in zip(self.opt.hypers, self.base): h['lr'] = lr * factor
+
+    def after_batch(self):
+        if self.base is None: return
+        for h, lr in zip(self.opt.hypers, self.base): h['lr'] = lr
+        self.base = None
+

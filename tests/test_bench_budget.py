@@ -1,0 +1,45 @@
+"scripts/bench_budget.py: each run's accuracy at the budgets, plain and with flip TTA, below the public anchors"
+import json
+from dataclasses import asdict
+
+import pytest
+
+from cifar_fastai.callbacks import write_metrics
+from cifar_fastai.evaluate import predict
+from cifar_fastai.run import RunConfig
+from tests.helpers import load_script
+
+
+@pytest.fixture(scope='module')
+def bench(): return load_script('bench_budget')
+
+
+def _run(folder, accuracies, split='test', **config):
+    "A run folder as `train` leaves it, with these accuracies per epoch on `split`"
+    folder.mkdir()
+    (folder/'config.json').write_text(json.dumps({**asdict(RunConfig(**config)), 'lr_used': 0.05}))
+    held_out = {'valid_loss': .9} if split == 'valid' else {}  # then the test split's 10 % must not show
+    write_metrics(folder/'metrics.csv', [{'epoch': e, 'train_loss': 1., 'train_accuracy': .5, **held_out,
+                                          'test_loss': .9, 'test_accuracy': 0.1, f'{split}_accuracy': a, 'lr': .05,
+                                          'seconds': 120.} for e, a in enumerate(accuracies, 1)])
+    return folder
+
+
+def test_each_run_gives_its_accuracy_at_the_budgets_and_its_minutes(bench, tmp_path):
+    run = _run(tmp_path/'fast', [0.5 + 0.02 * e for e in range(12)], epochs=12, schedule='one-cycle', seed=1)
+    row = bench.table([run], tta=False).splitlines()[-1].split(' | ')
+    assert row[0] == '| `fast`' and row[1] == 'one-cycle, 12 epochs, lr 0.05, seed 1'
+    assert row[2:7] == ['58.00', '68.00', '', '', ''] and row[7] == '12: 72.00' and row[8] == '24 |'
+
+
+def test_runs_with_a_held_out_split_show_their_validation_accuracy(bench, tmp_path):
+    run = _run(tmp_path/'sel', [0.6] * 4 + [0.7], split='valid', epochs=5, valid_pct=0.1)
+    row = bench.table([run]).splitlines()[-1]  # no TTA: the choice is made on the held-out split alone
+    assert 'valid 10%' in row and '| 70.00 |' in row and '5: 70.00 |' in row
+
+
+def test_tta_column_is_the_saved_weights_predicted_with_their_mirror(bench, sample_run):
+    learn, run = sample_run
+    row = bench.table([run]).splitlines()[-1]
+    plain, tta = row.split(' | ')[7].split(': ')[1].split(' / ')
+    assert float(tta) == pytest.approx(100 * predict(learn, tta=True).accuracy, abs=0.51)

@@ -1,0 +1,78 @@
+"The budget rule, and the warm-up and final decay around the plateau, against torch's own schedulers"
+import pytest
+import torch
+from fastai.callback.core import Callback
+
+from cifar_fastai.learner import cifar_learner
+from cifar_fastai.loaders import cifar_dls
+from cifar_fastai.recipe import WarmupAnneal, budget_defaults
+from cifar_fastai.run import RunConfig
+from tests.helpers import synthetic_cifar
+
+
+@pytest.mark.parametrize('epochs, schedule, expected', [
+    (5, 'plateau', dict(plateau_patience=0, pad=0, lr_mult=5., warmup=0.05, anneal=0.2)),
+    (10, 'plateau', dict(plateau_patience=1, pad=4, lr_mult=5., warmup=0.05, anneal=0.2)),
+    (50, 'plateau', dict(plateau_patience=5, pad=4, lr_mult=5., warmup=0.05, anneal=0.2)),
+    (100, 'plateau', dict(plateau_patience=10, pad=4, lr_mult=5., warmup=0.05, anneal=0.2)),
+    (8, 'one-cycle', dict(plateau_patience=0, pad=0, lr_mult=20., warmup=0., anneal=0.)),
+    (20, 'one-cycle', dict(plateau_patience=2, pad=4, lr_mult=20., warmup=0., anneal=0.))])
+def test_budget_rule_gives_the_documented_values(epochs, schedule, expected):
+    assert budget_defaults(epochs, schedule) == expected
+    config = RunConfig(epochs=epochs, schedule=schedule)
+    assert {k: getattr(config, k) for k in expected} == expected
+
+
+def test_options_set_by_hand_win_over_the_budget():
+    config = RunConfig(epochs=50, pad=0, lr_mult=3., warmup=0., anneal=0.5, plateau_patience=2)
+    assert (config.pad, config.lr_mult, config.warmup, config.anneal, config.plateau_patience) == (0, 3., 0., 0.5, 2)
+
+
+def _tiny() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 10))
+
+
+class StepRates(Callback):
+    "The learning rate each optimizer step uses"
+    def before_fit(self): self.rates = []
+    def before_step(self): self.rates.append(self.opt.hypers[0]['lr'])
+
+
+def _torch_rates(lr: float, total: int, n_up: int, n_down: int) -> list:
+    "The same schedule from torch's `LinearLR` pieces chained by `SequentialLR`"
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    pieces = [torch.optim.lr_scheduler.LinearLR(opt, 1 / n_up, 1., total_iters=n_up - 1),
+              torch.optim.lr_scheduler.LinearLR(opt, 1., 1., total_iters=1),
+              torch.optim.lr_scheduler.LinearLR(opt, n_down / (n_down + 1), 1 / (n_down + 1), total_iters=n_down - 1)]
+    sched = torch.optim.lr_scheduler.SequentialLR(opt, pieces, milestones=[n_up, total - n_down])
+    rates = []
+    for _ in range(total):
+        rates.append(opt.param_groups[0]['lr'])
+        opt.step()
+        sched.step()
+    return rates
+
+
+def test_warmup_and_anneal_match_torchs_linear_schedulers():
+    dls = cifar_dls(synthetic_cifar(80, 16), bs=8, seed=0)  # 10 steps an epoch
+    learn = cifar_learner(dls, _tiny(), precision='fp32', ema=0, plateau=dict(patience=100), cbs=[WarmupAnneal(0.2, 0.3)])
+    learn.fit(3, 0.1, cbs=(seen := StepRates()))
+    assert seen.rates == pytest.approx(_torch_rates(0.1, 30, n_up=6, n_down=9))
+    assert learn.opt.hypers[0]['lr'] == pytest.approx(0.1)  # the plateau's own rate is left as it set it
+    assert [r['lr'] for r in learn.epoch_record.rows] == pytest.approx(
+        [sum(seen.rates[i:i + 10]) / 10 for i in (0, 10, 20)])  # the record shows the rates used
+
+
+def test_a_plateau_cut_scales_the_rest_of_the_schedule():
+    dls = cifar_dls(synthetic_cifar(80, 16), bs=8, seed=0)
+    plateau = dict(patience=0, factor=0.5, threshold=100, threshold_mode='abs')  # cuts after every epoch
+    learn = cifar_learner(dls, _tiny(), precision='fp32', ema=0, plateau=plateau, cbs=[WarmupAnneal(0.2, 0.3)])
+    learn.fit(3, 0.1, cbs=(seen := StepRates()))
+    reference = _torch_rates(0.1, 30, n_up=6, n_down=9)
+    # the first epoch sets the best loss, each later one cuts: epochs 2 and 3 run at a half and a quarter
+    assert seen.rates == pytest.approx([r * 0.5 ** max(0, i // 10 - 1) for i, r in enumerate(reference)])
+
+
+@pytest.mark.parametrize('warmup, anneal', [(-0.1, 0.), (0., 1.5), (0.6, 0.6)])
+def test_bad_shares_are_named(warmup, anneal):
+    with pytest.raises(ValueError, match='warmup|anneal'): WarmupAnneal(warmup, anneal)
