@@ -51,10 +51,12 @@ def _curves(model, start, end, maps, targets, steps: int, seed: int, bs: int) ->
         raise ValueError(f"maps of shape {tuple(maps.shape)} for images of {tuple(start.shape)}; "
                          "pass one (H,W) map per image")
     (b, c, h, w), n = start.shape, start.shape[-2] * start.shape[-1]
-    counts = torch.tensor([round(k * n / steps) for k in range(steps + 1)]).view(1, -1, 1, 1, 1)
-    replaced = _ranks(maps, seed).to(start.device).view(b, 1, 1, h, w) < counts.to(start.device)
-    images = torch.where(replaced, end[:, None], start[:, None]).flatten(0, 1)  # (B*(steps+1), C, H, W)
-    probs = _probabilities(model, images, bs).view(b, steps + 1, -1)
+    counts = torch.tensor([round(k * n / steps) for k in range(steps + 1)], device=start.device).view(1, -1, 1, 1, 1)
+    ranks = _ranks(maps, seed).to(start.device).view(b, 1, 1, h, w)
+    chunk = max(1, bs // (steps + 1))  # images whose steps make a batch of about `bs`: memory stays bounded
+    probs = torch.cat([_probabilities(model, torch.where(r < counts, e[:, None], s[:, None]).flatten(0, 1), bs)
+                       for s, e, r in zip(start.split(chunk), end.split(chunk), ranks.split(chunk))])
+    probs = probs.view(b, steps + 1, -1)
     t = class_targets(targets, probs[:, 0], 'faithfulness')
     return probs.gather(2, t[:, None, None].expand(b, steps + 1, 1))[..., 0]
 

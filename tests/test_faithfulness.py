@@ -97,6 +97,13 @@ def test_targets_none_scores_the_predicted_class(reference):
     assert torch.equal(insertion_curves(model, x, maps, None, 4), insertion_curves(model, x, maps, predicted, 4))
 
 
+@pytest.mark.parametrize('bs', [1, 10, 20])  # an image's 5 steps over 5 batches; 2 images a batch; all 3 at once
+def test_batch_size_bounds_memory_and_leaves_the_curves_alone(reference, bs):
+    model, x, maps, targets = reference
+    expected = deletion_curves(model, x, maps, targets, 4, bs=256)
+    assert torch.allclose(deletion_curves(model, x, maps, targets, 4, bs=bs), expected, atol=1e-6)
+
+
 class CornerModel(nn.Module):
     "Two classes: logit 4 x the mean of the top-left 8x8 corner of every channel, against 0; nothing else counts"
     def __init__(self):
