@@ -2,7 +2,8 @@
 from cifar_fastai.callbacks import EpochRecord, NonFiniteLossError, ReduceLROnPlateau, StopOnNonFinite
 from cifar_fastai.data import Cifar10, Cifar10Error, find_cifar10, read_cifar10
 from cifar_fastai.evaluate import Predictions, class_accuracy, format_accuracy, load_run, predict
-from cifar_fastai.gradcam import GradCAM, denormalize, overlay
+from cifar_fastai.faithfulness import faithfulness
+from cifar_fastai.gradcam import GradCAM, GradCAMPlusPlus, LayerCAM, denormalize, overlay
 from cifar_fastai.learner import cifar_learner
 from cifar_fastai.loaders import cifar_dls
 from cifar_fastai.models import resnet18
@@ -14,5 +15,5 @@ __version__ = '0.1.0'
 __all__ = ['Cifar10', 'Cifar10Error', 'read_cifar10', 'find_cifar10', 'cifar_dls', 'CIFAR10_MEAN', 'CIFAR10_STD',
            'AlbumentationsTransform', 'cifar_augs', 'resnet18', 'cifar_learner', 'ReduceLROnPlateau', 'EpochRecord',
            'StopOnNonFinite', 'NonFiniteLossError', 'Autocast', 'ChannelsLast', 'RunConfig', 'train', 'find_lr',
-           'Predictions', 'predict', 'class_accuracy', 'format_accuracy', 'load_run', 'GradCAM', 'overlay',
-           'denormalize']
+           'Predictions', 'predict', 'class_accuracy', 'format_accuracy', 'load_run', 'GradCAM', 'LayerCAM',
+           'GradCAMPlusPlus', 'faithfulness', 'overlay', 'denormalize']

@@ -76,13 +76,24 @@ def parser() -> argparse.ArgumentParser:
     _train_options(sub.add_parser('lr-find', help='run only the learning-rate range test'))
     for name, text in (('evaluate', 'print test accuracy overall and per class'),
                        ('interpret', 'write the interpretation pictures and report into the run folder'),
-                       ('gradcam', 'write the GradCAM grid of misclassified test images into the run folder')):
+                       ('gradcam', 'write misclassified test images, their maps for the true and predicted class, '
+                                   'and the faithfulness of every method\'s maps into the run folder')):
         p = sub.add_parser(name, help=text)
         p.add_argument('run', type=Path, help='a run folder written by `cifar-fastai train`')
         p.add_argument('--data', help='read the test images from here instead of the run\'s data source')
+        if name != 'evaluate': _map_options(p)
     sub.choices['evaluate'].add_argument('--tta', action='store_true', help='also average each test image\'s '
                                          'prediction with its mirror image\'s (flip test-time augmentation)')
     return top
+
+
+def _map_options(p: argparse.ArgumentParser):
+    from cifar_fastai.gradcam import CAMS
+    p.add_argument('--cam', default='gradcam', choices=list(CAMS), help='method of the maps (default %(default)s)')
+    p.add_argument('--faithfulness-images', type=int, default=100,
+                   help='test images to score every method\'s maps on, 0 for none (default %(default)s)')
+    p.add_argument('--faithfulness-steps', type=int, default=8,
+                   help='steps of the deletion and insertion curves (default %(default)s)')
 
 
 def _config(args):
@@ -154,7 +165,8 @@ def _run_command(args, name):
     from cifar_fastai.evaluate import load_run
     from cifar_fastai import report
     learn = load_run(args.run, args.data)
-    with _bars(learn): paths = getattr(report, f'{name}_run')(learn, args.run)
+    options = {k: getattr(args, k) for k in ('cam', 'faithfulness_images', 'faithfulness_steps')}
+    with _bars(learn): paths = getattr(report, f'{name}_run')(learn, args.run, **options)
     for path in paths: print(f"wrote {path}")
 
 

@@ -1,4 +1,5 @@
-"Grad-CAM heatmaps for several layers from one forward and one backward pass, and overlays on images"
+"Grad-CAM, Grad-CAM++ and LayerCAM heatmaps for several layers from one forward and one backward pass, and overlays"
+from contextlib import contextmanager
 from typing import List, Sequence, Union
 
 import matplotlib
@@ -7,9 +8,11 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-__all__ = ['ActivationGradientHook', 'GradCAM', 'denormalize', 'overlay']
+__all__ = ['ActivationGradientHook', 'GradCAM', 'GradCAMPlusPlus', 'LayerCAM', 'CAMS', 'cam_class', 'evaluating',
+           'class_targets', 'upscale', 'denormalize', 'overlay']
 
 _EPS = 1e-7  # the same guard against a flat map as pytorch-grad-cam's `scale_cam_image`
+_EPS_PLUSPLUS = 1e-6  # pytorch-grad-cam's guard in the denominator of Grad-CAM++'s coefficients
 
 
 class ActivationGradientHook:
@@ -34,12 +37,23 @@ class ActivationGradientHook:
         self.clear()
 
 
-def _resolve(model: nn.Module, layer: Union[str, nn.Module]) -> nn.Module:
+@contextmanager
+def evaluating(model: nn.Module):
+    "Put `model` in eval mode inside the block, then give every module back the mode it had"
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        yield model
+    finally:
+        for m, training in modes.items(): m.train(training)  # parents first: a mixed state comes back as it was
+
+
+def _resolve(model: nn.Module, layer: Union[str, nn.Module], who: str) -> nn.Module:
     "The submodule of `model` named `layer`, or `layer` itself"
     if isinstance(layer, nn.Module): return layer
     try: return model.get_submodule(layer)
     except AttributeError as e:
-        raise AttributeError(f"GradCAM: `{layer}` is not a submodule of {type(model).__name__}; "
+        raise AttributeError(f"{who}: `{layer}` is not a submodule of {type(model).__name__}; "
                              f"pass a module or a name from `model.named_modules()`, such as 'layer4'") from e
 
 
@@ -49,34 +63,42 @@ def _minmax(cam: torch.Tensor) -> torch.Tensor:
     return cam / (cam.amax(dim=(1, 2), keepdim=True) + _EPS)
 
 
-def _cam(act: torch.Tensor, grad: torch.Tensor, size) -> torch.Tensor:
-    "Grad-CAM of one layer, normalised, resized to `size` and normalised again, as pytorch-grad-cam does"
-    weights = grad.float().mean(dim=(2, 3), keepdim=True)
-    cam = _minmax((weights * act.float()).sum(1).clamp_min(0))
-    cam = F.interpolate(cam[:, None], size=size, mode='bilinear', align_corners=False)[:, 0]
+def upscale(cam: torch.Tensor, size) -> torch.Tensor:
+    "(B,h,w) maps scaled to [0, 1], resized bilinearly to `size`, scaled again: pytorch-grad-cam's `scale_cam_image`"
+    cam = F.interpolate(_minmax(cam)[:, None], size=size, mode='bilinear', align_corners=False)[:, 0]
     return _minmax(cam)
 
 
-def _targets(targets, logits: torch.Tensor) -> torch.Tensor:
+def class_targets(targets, logits: torch.Tensor, who: str = 'GradCAM') -> torch.Tensor:
     "Class indices (B,) from `targets`: None for the predicted class, an int, a sequence or a tensor"
     bs, n_out = logits.shape
     if targets is None: return logits.argmax(1)
     t = torch.as_tensor(targets, device=logits.device).long().flatten()
     if t.numel() == 1: t = t.expand(bs)
     if t.numel() != bs:
-        raise ValueError(f"GradCAM: got {t.numel()} targets for a batch of {bs}; "
+        raise ValueError(f"{who}: got {t.numel()} targets for a batch of {bs}; "
                          "pass one class index per image, or None for the predicted classes")
     if t.min() < 0 or t.max() >= n_out:
-        raise ValueError(f"GradCAM: targets {t.tolist()} fall outside the model's {n_out} classes")
+        raise ValueError(f"{who}: targets {t.tolist()} fall outside the model's {n_out} classes")
     return t
 
 
 class GradCAM:
     "Grad-CAM maps of `layers` (modules or names) of `model`; hooks live until `release` or the end of a `with` block"
+    title = 'Grad-CAM'
     def __init__(self, model: nn.Module, layers: Sequence[Union[str, nn.Module]]):
         if isinstance(layers, (str, nn.Module)): layers = [layers]
-        self.model, self.layers = model, [_resolve(model, l) for l in layers]
+        self.model, self.layers = model, [_resolve(model, l, self.who) for l in layers]
         self.hooks = [ActivationGradientHook(m) for m in self.layers]
+        self.sizes = []  # (h, w) of each layer's output in the last call
+
+    @property
+    def who(self) -> str: return type(self).__name__
+
+    @staticmethod
+    def weights(act: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        "Weight (B,C,1,1) of each channel: its gradient averaged over positions (Selvaraju et al., 2017)"
+        return grad.mean(dim=(2, 3), keepdim=True)
 
     def __enter__(self): return self
     def __exit__(self, *args): self.release()  # returns None: exceptions propagate
@@ -88,13 +110,10 @@ class GradCAM:
 
     def __call__(self, x: torch.Tensor, targets=None) -> List[torch.Tensor]:
         "One (B,H,W) map in [0, 1] per layer for the normalised batch `x` (B,3,H,W) and class `targets`"
-        if not self.hooks: raise RuntimeError("GradCAM: hooks were released; create a new `GradCAM` to compute maps")
-        modes = {m: m.training for m in self.model.modules()}
+        if not self.hooks: raise RuntimeError(f"{self.who}: hooks were released; create a new one to compute maps")
         try:
-            self.model.eval()
-            return self._maps(x, targets)
+            with evaluating(self.model): return self._maps(x, targets)
         finally:
-            for m, training in modes.items(): m.train(training)
             for h in self.hooks: h.clear()  # let go of the graph
 
     def _maps(self, x: torch.Tensor, targets) -> List[torch.Tensor]:
@@ -105,13 +124,50 @@ class GradCAM:
         with torch.enable_grad(), torch.autocast(p.device.type, enabled=False):
             logits = self.model(x)
             # the raw logit of each image's target, summed as pytorch-grad-cam's `ClassifierOutputTarget`s are
-            score = logits.gather(1, _targets(targets, logits)[:, None]).sum()
+            score = logits.gather(1, class_targets(targets, logits, self.who)[:, None]).sum()
             missing = [i for i, h in enumerate(self.hooks) if h.act is None or not h.act.requires_grad]
-            if missing: raise RuntimeError(f"GradCAM: layers {missing} (by position) gave no differentiable output; "
+            if missing: raise RuntimeError(f"{self.who}: layers {missing} (by position) gave no differentiable output; "
                                            "pass layers that run in the model's forward pass")
             # `inputs` stops backward at the activations, so parameters' `.grad` stay as they were
             score.backward(inputs=[h.act for h in self.hooks])
-        return [_cam(h.act.detach(), h.grad, x.shape[-2:]) for h in self.hooks]
+        self.sizes = [tuple(h.act.shape[-2:]) for h in self.hooks]
+        return [self._cam(h.act.detach().float(), h.grad.float(), x.shape[-2:]) for h in self.hooks]
+
+    def _cam(self, act: torch.Tensor, grad: torch.Tensor, size) -> torch.Tensor:
+        "The map of one layer: weighted channels summed, negative evidence cut, resized to `size`"
+        return upscale((self.weights(act, grad) * act).sum(1).clamp_min(0), size)
+
+
+class LayerCAM(GradCAM):
+    "LayerCAM maps: each position weighted by its own positive gradient (Jiang et al., 2021), sharper at early stages"
+    title = 'LayerCAM'
+
+    @staticmethod
+    def weights(act: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        "Weight (B,C,H,W) of each channel at each position: its gradient there, negative parts cut"
+        return grad.clamp_min(0)
+
+
+class GradCAMPlusPlus(GradCAM):
+    "Grad-CAM++ maps (Chattopadhay et al., 2018), with the closed form of its eq. 19 that pytorch-grad-cam uses"
+    title = 'Grad-CAM++'
+
+    @staticmethod
+    def weights(act: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        "Weight (B,C,1,1) of each channel: positive gradients summed over positions, each scaled by its alpha"
+        g2 = grad ** 2
+        alpha = g2 / (2 * g2 + act.sum(dim=(2, 3), keepdim=True) * g2 * grad + _EPS_PLUSPLUS)
+        alpha = torch.where(grad != 0, alpha, 0.)
+        return (grad.clamp_min(0) * alpha).sum(dim=(2, 3), keepdim=True)
+
+
+CAMS = {'gradcam': GradCAM, 'layercam': LayerCAM, 'gradcam++': GradCAMPlusPlus}  # the methods by command-line name
+
+
+def cam_class(name: str) -> type:
+    "The class of `CAMS` called `name`"
+    if name not in CAMS: raise ValueError(f"unknown map method {name!r}: pass one of {', '.join(CAMS)} (`--cam`)")
+    return CAMS[name]
 
 
 def denormalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

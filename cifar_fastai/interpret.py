@@ -1,4 +1,4 @@
-"Pictures of a model on the test set: accuracy per class, misclassified images, Grad-CAM, confusion matrix, top losses"
+"Pictures of a model on the test set: accuracy per class, mistakes, their maps and how faithful maps are, confusion"
 import math
 
 import matplotlib.pyplot as plt
@@ -12,12 +12,14 @@ from fastai.torch_core import TensorImage
 from matplotlib.figure import Figure
 
 from cifar_fastai.evaluate import Predictions, class_accuracy, predict
-from cifar_fastai.gradcam import GradCAM, overlay
+from cifar_fastai.faithfulness import stage_faithfulness
+from cifar_fastai.gradcam import CAMS, cam_class, overlay
+from cifar_fastai.loaders import ds_idx_of_test
 from cifar_fastai.plots import blank_axes, save_figure
 
-__all__ = ['STAGES', 'MISTAKE_ORDERS', 'top_mistakes', 'raw_images',
-           'as_batch', 'gradcam_maps', 'plot_class_accuracy', 'plot_misclassified', 'plot_gradcam',
-           'PredictionsInterpretation', 'plot_confusion_matrix', 'plot_top_losses']
+__all__ = ['STAGES', 'MISTAKE_ORDERS', 'top_mistakes', 'raw_images', 'as_batch', 'gradcam_maps', 'measure_faithfulness',
+           'plot_class_accuracy', 'plot_misclassified', 'plot_gradcam', 'PredictionsInterpretation',
+           'plot_confusion_matrix', 'plot_top_losses']
 
 STAGES = ('layer1', 'layer2', 'layer3', 'layer4')  # the four residual stages of the CIFAR ResNet18
 MISTAKE_ORDERS = ('confident', 'random', 'first')
@@ -52,12 +54,21 @@ def raw_images(learn: Learner, idxs) -> np.ndarray:
 def as_batch(dls, images: np.ndarray) -> TensorImage:
     "(B, H, W, 3) uint8 images as the model sees them: through the test loader's batch transforms (to float, normalise)"
     x = TensorImage(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(dls.device))
-    return dls.valid.after_batch(x)
+    return dls[ds_idx_of_test(dls)].after_batch(x)
 
 
-def gradcam_maps(model, x: torch.Tensor, targets, layers=STAGES) -> list:
-    "One (B, H, W) Grad-CAM map per layer of `layers` for batch `x` and classes `targets`, in fp32 on the CPU"
-    with GradCAM(model, list(layers)) as cam: return [m.cpu() for m in cam(x, targets)]
+def gradcam_maps(model, x: torch.Tensor, targets, layers=STAGES, cam: str = 'gradcam') -> list:
+    "One (B, H, W) map by method `cam` (a key of `CAMS`) per layer of `layers` for `x` and classes `targets`, on CPU"
+    with cam_class(cam)(model, list(layers)) as c: return [m.cpu() for m in c(x, targets)]
+
+
+def measure_faithfulness(learn: Learner, p: Predictions, n: int = 100, steps: int = 8, seed: int = 0, layers=STAGES,
+                         methods=tuple(CAMS)) -> list:
+    "`stage_faithfulness` of the maps of the predicted class on `n` test images drawn with `seed`"
+    if not isinstance(n, int) or n < 1: raise ValueError(f"`n` (test images to score maps on) must be >= 1, got {n!r}")
+    idxs = torch.randperm(len(p.targets), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    x = as_batch(learn.dls, raw_images(learn, idxs))
+    return stage_faithfulness(learn.model, x, p.preds[idxs], layers, methods, steps, seed)
 
 
 def _title(p: Predictions, i: int) -> str:
@@ -104,25 +115,38 @@ def plot_misclassified(learn: Learner, p: Predictions, idxs, path=None, ncols: i
     return save_figure(fig, path)
 
 
-def plot_gradcam(learn: Learner, p: Predictions, idxs, layers=STAGES, path=None, alpha: float = 0.5) -> Figure:
-    "One row per test image `idxs`: the image, then its Grad-CAM overlay for the predicted class at each of `layers`"
+def _class_maps(learn: Learner, p: Predictions, idxs: list, images, layers, cam: str) -> tuple:
+    "Maps per layer for the predicted classes of `idxs`, and for their true classes, from one pass over both"
+    x = as_batch(learn.dls, images)
+    maps = gradcam_maps(learn.model, torch.cat([x, x]), torch.cat([p.preds[idxs], p.targets[idxs]]), layers, cam)
+    return [m[:len(idxs)] for m in maps], [m[len(idxs):] for m in maps]
+
+
+def plot_gradcam(learn: Learner, p: Predictions, idxs, layers=STAGES, path=None, alpha: float = 0.5,
+                 cam: str = 'gradcam') -> Figure:
+    "A row per test image `idxs`: the image, then at each of `layers` the map by `cam` of its predicted and true class"
     idxs = _index_list(idxs)
-    if not idxs: return save_figure(_no_images('No test images for Grad-CAM'), path)
+    title = cam_class(cam).title
+    if not idxs: return save_figure(_no_images(f'No test images for {title}'), path)
     images = raw_images(learn, idxs)
-    maps = gradcam_maps(learn.model, as_batch(learn.dls, images), p.preds[idxs], layers)
+    predicted, true = _class_maps(learn, p, idxs, images, layers, cam)
     names = [l if isinstance(l, str) else type(l).__name__ for l in layers]
-    fig = Figure(figsize=(1.75 * (len(maps) + 1) + 0.8, 1.8 * len(idxs) + 0.7), layout='constrained')
-    axs = fig.subplots(len(idxs), len(maps) + 1, squeeze=False)
+    ncols = 2 * len(names) + 1
+    fig = Figure(figsize=(1.6 * ncols + 0.8, 1.7 * len(idxs) + 0.8), layout='constrained')
+    axs = fig.subplots(len(idxs), ncols, squeeze=False)
     for r, (i, image) in enumerate(zip(idxs, images)):
         t, y = int(p.targets[i]), int(p.preds[i])
         axs[r, 0].imshow(image)
         axs[r, 0].set_ylabel(f'true {p.classes[t]}\npred {p.classes[y]}\n({p.probs[i, y]:.2f})', fontsize=9,
                              rotation=0, ha='right', va='center')
-        for c, m in enumerate(maps): axs[r, c + 1].imshow(overlay(image, m[r], alpha=alpha))
+        for c, (mp, mt) in enumerate(zip(predicted, true)):
+            axs[r, 2 * c + 1].imshow(overlay(image, mp[r], alpha=alpha))
+            axs[r, 2 * c + 2].imshow(overlay(image, mt[r], alpha=alpha))
         for ax in axs[r]: blank_axes(ax)
-    for ax, name in zip(axs[0], ['image'] + names): ax.set_title(name, fontsize=10)
-    fig.suptitle('Grad-CAM for the predicted class (red: most weight), layer by layer\n'
-                 'rows: true and predicted class (probability of the prediction)', fontsize=11)
+    titles = ['image'] + [f'{n}\n{kind}' for n in names for kind in ('predicted', 'true')]
+    for ax, name in zip(axs[0], titles): ax.set_title(name, fontsize=10)
+    fig.suptitle(f'{title} of the predicted class and, beside it, of the true class (red: most weight), '
+                 'layer by layer\nrows: true and predicted class (probability of the prediction)', fontsize=11)
     return save_figure(fig, path)
 
 

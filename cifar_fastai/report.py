@@ -1,4 +1,5 @@
 "One call after a run: the pictures of the reference reports in the run folder, and `report.md` that explains them"
+import math
 import platform
 from pathlib import Path
 from statistics import mean
@@ -9,16 +10,19 @@ from fastprogress.fastprogress import progress_bar
 
 from cifar_fastai.callbacks import read_metrics
 from cifar_fastai.evaluate import Predictions, class_accuracy, predict
+from cifar_fastai.faithfulness import BLUR_KERNEL, BLUR_SIGMA, RANDOM
+from cifar_fastai.gradcam import cam_class
 from cifar_fastai.io import atomic_write
-from cifar_fastai.interpret import (PredictionsInterpretation, plot_class_accuracy, plot_confusion_matrix, plot_gradcam,
-                                    plot_misclassified, plot_top_losses, top_mistakes)
+from cifar_fastai.interpret import (PredictionsInterpretation, measure_faithfulness, plot_class_accuracy,
+                                    plot_confusion_matrix, plot_gradcam, plot_misclassified, plot_top_losses,
+                                    top_mistakes)
 from cifar_fastai.plots import plot_augmentations, plot_curves
 from cifar_fastai.run import LR_PLOT, METRICS, read_config
 
-__all__ = ['REPORT', 'PICTURES', 'REFERENCE_FINAL', 'REFERENCE_EPOCHS', 'interpret_run', 'gradcam_run', 'accuracy_markdown',
-           'write_report']
+__all__ = ['REPORT', 'PICTURES', 'FAITHFULNESS', 'REFERENCE_FINAL', 'REFERENCE_EPOCHS', 'interpret_run', 'gradcam_run',
+           'accuracy_markdown', 'faithfulness_markdown', 'write_faithfulness', 'write_report']
 
-REPORT = 'report.md'
+REPORT, FAITHFULNESS = 'report.md', 'faithfulness.md'
 PICTURES = dict(class_accuracy='class_accuracy.png', curves='curves.png', augmentations='augmentations.png',
                 misclassified='misclassified.png', gradcam='gradcam.png', confusion_matrix='confusion_matrix.png',
                 top_losses='top_losses.png')
@@ -41,9 +45,9 @@ def _draw(steps: dict, run: Path, bar: bool = True) -> list:
     return paths
 
 
-def _mistake_steps(learn: Learner, p: Predictions, idxs) -> dict:
+def _mistake_steps(learn: Learner, p: Predictions, idxs, cam: str) -> dict:
     return dict(misclassified=lambda path: plot_misclassified(learn, p, idxs, path),
-                gradcam=lambda path: plot_gradcam(learn, p, idxs, path=path))
+                gradcam=lambda path: plot_gradcam(learn, p, idxs, path=path, cam=cam))
 
 
 def _mistakes_text(n: int, order: str, seed: int) -> str:
@@ -53,29 +57,54 @@ def _mistakes_text(n: int, order: str, seed: int) -> str:
     return f'the first {n} mistakes in test-set order'
 
 
-def gradcam_run(learn: Learner, run, k: int = 25, order: str = 'confident', seed: int = 0) -> list[Path]:
-    "Write the grid of `k` misclassified test images and their Grad-CAM grid into run folder `run`; the paths"
+def write_faithfulness(learn: Learner, p: Predictions, run, n: int = 100, steps: int = 8, seed: int = 0) -> Path:
+    "Score every method's maps at every stage on `n` test images and write the table to `faithfulness.md` in `run`"
+    rows = measure_faithfulness(learn, p, n, steps, seed)
+    with atomic_write(Path(run) / FAITHFULNESS, 'w') as f: f.write(faithfulness_markdown(rows, steps, seed) + '\n')
+    return Path(run) / FAITHFULNESS
+
+
+def _scored(learn: Learner, p: Predictions, run: Path, n: int, steps: int, seed: int) -> list:
+    "[the path of `faithfulness.md`] after scoring the maps on `n` test images; [] when `n` is 0"
+    return [write_faithfulness(learn, p, run, n, steps, seed)] if n else []
+
+
+def gradcam_run(learn: Learner, run, k: int = 25, order: str = 'confident', seed: int = 0, cam: str = 'gradcam',
+                faithfulness_images: int = 100, faithfulness_steps: int = 8) -> list[Path]:
+    "Write `k` misclassified test images, their maps by `cam` and the maps' faithfulness into run folder `run`"
     run = Path(run)
     read_config(run)  # fail before predicting if `run` is not a run folder
+    cam_class(cam)
     p = predict(learn)
-    return _draw(_mistake_steps(learn, p, top_mistakes(p, k, order, seed)), run, _shows_bars(learn))
+    idxs = top_mistakes(p, k, order, seed)
+    paths = _draw(_mistake_steps(learn, p, idxs, cam), run, _shows_bars(learn))
+    paths += _scored(learn, p, run, faithfulness_images, faithfulness_steps, seed)
+    if not (run / REPORT).is_file(): return paths
+    return paths + [_report(learn, run, p, _mistakes_text(len(idxs), order, seed), cam)]  # the report shows the new maps
 
 
-def interpret_run(learn: Learner, run, k: int = 25, order: str = 'confident', seed: int = 0) -> list[Path]:
-    "Write every picture and `report.md` into run folder `run`, predicting the test set once; the paths"
+def interpret_run(learn: Learner, run, k: int = 25, order: str = 'confident', seed: int = 0, cam: str = 'gradcam',
+                  faithfulness_images: int = 100, faithfulness_steps: int = 8) -> list[Path]:
+    "Write every picture, the maps' faithfulness and `report.md` into run folder `run`, predicting the test set once"
     run = Path(run)
     read_config(run)
+    cam_class(cam)
     p = predict(learn)
     interp, idxs = PredictionsInterpretation(learn, p), top_mistakes(p, k, order, seed)
     steps = dict(class_accuracy=lambda path: plot_class_accuracy(p, path),
                  curves=lambda path: plot_curves(run, path),
                  augmentations=lambda path: plot_augmentations(learn.dls, seed=seed, path=path),
-                 **_mistake_steps(learn, p, idxs),
+                 **_mistake_steps(learn, p, idxs, cam),
                  confusion_matrix=lambda path: plot_confusion_matrix(interp, path),
                  top_losses=lambda path: plot_top_losses(interp, path=path))
     paths = _draw(steps, run, _shows_bars(learn))
-    tta = predict(learn, tta=True).accuracy
-    return paths + [write_report(run, p, mistakes=_mistakes_text(len(idxs), order, seed), tta=tta)]
+    paths += _scored(learn, p, run, faithfulness_images, faithfulness_steps, seed)
+    return paths + [_report(learn, run, p, _mistakes_text(len(idxs), order, seed), cam)]
+
+
+def _report(learn: Learner, run: Path, p: Predictions, mistakes: str, cam: str) -> Path:
+    "`write_report`, with the flip-TTA accuracy of `learn` beside the plain one"
+    return write_report(run, p, mistakes, cam, tta=predict(learn, tta=True).accuracy)
 
 
 def _table(header: list, rows: list) -> str:
@@ -169,6 +198,30 @@ def _configuration(config: dict) -> str:
     return _table(['option', 'value'], rows)
 
 
+def _mean_se(values) -> str:
+    "'mean ± standard error of the mean' of a tensor of values"
+    se = values.std().item() / math.sqrt(len(values)) if len(values) > 1 else float('nan')
+    return f'{values.mean().item():.3f} ± {se:.3f}'
+
+
+def faithfulness_markdown(rows: list, steps: int, seed: int = 0) -> str:
+    "What the faithfulness scores measure, then a table of `stage_faithfulness` rows averaged over their images"
+    names = {r['method']: 'random maps' if r['method'] == RANDOM else cam_class(r['method']).title for r in rows}
+    table = _table(['stage', 'method', 'deletion (lower is better)', 'insertion (higher is better)',
+                    'insertion - deletion'],
+                   [(r['layer'], names[r['method']], _mean_se(r['deletion']), _mean_se(r['insertion']),
+                     _mean_se(r['insertion'] - r['deletion'])) for r in rows])
+    n = len(rows[0]['deletion']) if rows else 0
+    return (f"How well each map shows what the model used, on {n} test images drawn at random (seed {seed}), for the "
+            f"class the model predicts. *Deletion* turns the most highlighted pixels to the mean colour, 1/{steps} of "
+            f"the image at a time, and averages that class's probability along the way (the area under the curve); "
+            f"*insertion* puts the most highlighted pixels first back into the image blurred ({BLUR_KERNEL} px, sigma "
+            f"{BLUR_SIGMA:g}). Random maps (uniform noise on the stage's own grid, resized as the maps are) are the "
+            f"baseline: a faithful map deletes lower and inserts higher than they do. Mean ± standard error over the "
+            f"images; every method is scored on the same images, so differences between rows are less noisy than "
+            f"the errors suggest.\n\n{table}")
+
+
 def _cpu_model() -> str:
     "The CPU model name of this machine, as /proc/cpuinfo gives it, else what `platform` knows"
     try: names = [l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')]
@@ -188,10 +241,18 @@ def _speed_and_machine(config: dict, rows: list) -> str:
                       f"precision: {config.get('precision_used')}", f"- torch {config.get('torch')}"])
 
 
-def write_report(run, p: Predictions, mistakes: str = 'misclassified test images', tta: float | None = None) -> Path:
+def _faithfulness(run: Path) -> str:
+    "The faithfulness table written in `run`, or a note that it was not measured"
+    file = run / FAITHFULNESS
+    if not file.is_file(): return f'*({FAITHFULNESS} was not measured: run `cifar-fastai gradcam {run}`)*'
+    return file.read_text().strip()
+
+
+def write_report(run, p: Predictions, mistakes: str = 'misclassified test images', cam: str = 'gradcam',
+                 tta: float | None = None) -> Path:
     "Write `report.md` in run folder `run` from its config.json, metrics.csv, pictures and test predictions `p`"
     run = Path(run)
-    config, rows = read_config(run), read_metrics(run / METRICS)
+    config, rows, title = read_config(run), read_metrics(run / METRICS), cam_class(cam).title
     if not rows: raise ValueError(f"{run / METRICS} has no epochs: train at least one epoch before the report")
     sections = [
         (f'CIFAR-10 ResNet18 run `{run.name}`', _summary(config, rows, p, tta)),
@@ -204,8 +265,10 @@ def write_report(run, p: Predictions, mistakes: str = 'misclassified test images
                          + _picture(run, 'augmentations', 'augmented training images')),
         ('Misclassified test images', f'The grid shows {mistakes}, titled true/predicted (probability):\n\n'
                                       + _picture(run, 'misclassified', 'misclassified test images')),
-        ('Grad-CAM', 'The same images with Grad-CAM for the predicted class at the end of each residual stage:\n\n'
-                     + _picture(run, 'gradcam', 'Grad-CAM at layer1 to layer4')),
+        (title, f'The same images with {title} (`--cam {cam}`) at the end of each residual stage, for the predicted '
+                'class and, beside it, for the true class: why it said one, where it saw the other.\n\n'
+                + _picture(run, 'gradcam', f'{title} at layer1 to layer4')),
+        ('Faithfulness of the maps', _faithfulness(run)),
         ('Confusion matrix', _picture(run, 'confusion_matrix', 'confusion matrix')),
         ('Top losses', _picture(run, 'top_losses', 'test images with the largest loss')),
         ('Speed and machine', _speed_and_machine(config, rows))]

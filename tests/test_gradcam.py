@@ -1,17 +1,19 @@
-"Specification of `cifar_fastai.gradcam`: maps equal pytorch-grad-cam's and the model is left as it was found"
+"Specification of `cifar_fastai.gradcam`: maps of each method equal pytorch-grad-cam's, and the model is left as found"
 import copy
 
 import matplotlib
 import numpy as np
 import pytest
 import torch
-from pytorch_grad_cam import GradCAM as ReferenceGradCAM
+import pytorch_grad_cam
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from cifar_fastai.gradcam import GradCAM, denormalize, overlay
+from cifar_fastai.gradcam import CAMS, GradCAM, cam_class, denormalize, overlay
 from cifar_fastai.models import resnet18
 
 LAYERS = ['layer1', 'layer2', 'layer3', 'layer4']
+REFERENCES = {'gradcam': pytorch_grad_cam.GradCAM, 'layercam': pytorch_grad_cam.LayerCAM,
+              'gradcam++': pytorch_grad_cam.GradCAMPlusPlus}
 TOL = 1e-5  # max abs difference allowed against pytorch-grad-cam (float32, numpy vs torch reductions)
 
 
@@ -31,11 +33,11 @@ def reference_model(pristine): return copy.deepcopy(pristine).eval()  # pytorch-
 
 @pytest.fixture(scope='module')
 def multi_layer_maps(pristine):
-    "Our maps of all four layers from one call, computed once per batch shape and targets"
+    "Our maps of all four layers from one call, computed once per method, batch shape and targets"
     cache = {}
-    def get(bs, h, w, targets):
-        key = (bs, h, w, None if targets is None else tuple(targets))
-        if key not in cache: cache[key] = all_maps(copy.deepcopy(pristine), batch(bs, h, w), targets)
+    def get(method, bs, h, w, targets):
+        key = (method, bs, h, w, None if targets is None else tuple(targets))
+        if key not in cache: cache[key] = all_maps(copy.deepcopy(pristine), batch(bs, h, w), targets, method=method)
         return cache[key]
     return get
 
@@ -44,8 +46,8 @@ def batch(bs=2, h=32, w=32, seed=1):
     return torch.randn(bs, 3, h, w, generator=torch.Generator().manual_seed(seed))
 
 
-def all_maps(model, x, targets=None, layers=LAYERS):
-    with GradCAM(model, layers) as cam: return cam(x, targets)
+def all_maps(model, x, targets=None, layers=LAYERS, method='gradcam'):
+    with CAMS[method](model, layers) as cam: return cam(x, targets)
 
 
 def hooks_left(model):
@@ -57,37 +59,49 @@ def hooks_left(model):
 def close(a, b): return (a - b).abs().max().item() <= TOL
 
 
+@pytest.mark.parametrize('method', list(CAMS))
 @pytest.mark.parametrize('layer', LAYERS)
 @pytest.mark.parametrize('bs,h,w', [(2, 32, 32), (3, 64, 64), (1, 32, 48)])
 @pytest.mark.parametrize('explicit_targets', [False, True])
-def test_each_layer_matches_pytorch_grad_cam(multi_layer_maps, reference_model, layer, bs, h, w, explicit_targets):
+def test_each_layer_matches_pytorch_grad_cam(multi_layer_maps, reference_model, method, layer, bs, h, w,
+                                             explicit_targets):
     x = batch(bs, h, w)
     targets = [(3 * i + 7) % 10 for i in range(bs)] if explicit_targets else None
-    ours = multi_layer_maps(bs, h, w, targets)[LAYERS.index(layer)]  # all four layers in one call
+    ours = multi_layer_maps(method, bs, h, w, targets)[LAYERS.index(layer)]  # all four layers in one call
     ref_targets = None if targets is None else [ClassifierOutputTarget(t) for t in targets]
-    with ReferenceGradCAM(reference_model, [reference_model.get_submodule(layer)]) as ref:
+    with REFERENCES[method](reference_model, [reference_model.get_submodule(layer)]) as ref:
         expected = torch.from_numpy(ref(x, ref_targets))
     assert ours.shape == expected.shape == (bs, h, w)
     assert (ours - expected).abs().max().item() <= TOL
 
 
+@pytest.mark.parametrize('method', list(CAMS))
 @pytest.mark.parametrize('bs,h,w', [(1, 32, 32), (2, 48, 32), (3, 64, 64)])  # inputs with some positive evidence
-def test_one_map_per_layer_in_order_each_scaled_to_unit_range(model, bs, h, w):
-    maps = all_maps(model, batch(bs, h, w), layers=['layer4', 'layer2'])
+def test_one_map_per_layer_in_order_each_scaled_to_unit_range(model, method, bs, h, w):
+    maps = all_maps(model, batch(bs, h, w), layers=['layer4', 'layer2'], method=method)
     assert len(maps) == 2
     for m in maps:
         assert m.shape == (bs, h, w) and m.dtype == torch.float32
         assert torch.allclose(m.amin(dim=(1, 2)), torch.zeros(bs), atol=1e-6)
         assert torch.allclose(m.amax(dim=(1, 2)), torch.ones(bs), atol=1e-5)
-    assert close(maps[0], all_maps(model, batch(bs, h, w), layers=['layer4'])[0])
+    assert close(maps[0], all_maps(model, batch(bs, h, w), layers=['layer4'], method=method)[0])
 
 
-def test_map_without_positive_evidence_is_zero_not_nan():
+def test_methods_differ_and_are_found_by_name(multi_layer_maps):
+    maps = {m: multi_layer_maps(m, 2, 32, 32, None) for m in CAMS}
+    for a, b in [('gradcam', 'layercam'), ('gradcam', 'gradcam++'), ('layercam', 'gradcam++')]:
+        assert not torch.allclose(maps[a][0], maps[b][0], atol=1e-2), (a, b)
+    assert cam_class('layercam') is CAMS['layercam'] and cam_class('gradcam') is GradCAM
+    with pytest.raises(ValueError, match='gradcam, layercam, gradcam\\+\\+'): cam_class('scorecam')
+
+
+@pytest.mark.parametrize('method', list(CAMS))
+def test_map_without_positive_evidence_is_zero_not_nan(method):
     "Non-negative activations feeding only negative weights: ReLU leaves nothing, and the map stays 0"
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2))
     torch.nn.init.constant_(net[4].weight, -1.)
-    (m,) = all_maps(net, batch(2, 8, 8), layers=[net[1]])
+    (m,) = all_maps(net, batch(2, 8, 8), layers=[net[1]], method=method)
     assert m.shape == (2, 8, 8) and torch.equal(m, torch.zeros(2, 8, 8))
 
 
@@ -126,12 +140,14 @@ def test_unknown_layer_name_is_rejected(model):
     assert hooks_left(model) == []
 
 
-def test_hooks_live_exactly_as_long_as_the_block(model):
-    with GradCAM(model, LAYERS) as cam:
+@pytest.mark.parametrize('method', list(CAMS))
+def test_hooks_live_exactly_as_long_as_the_block(model, method):
+    with CAMS[method](model, LAYERS) as cam:
         assert len(hooks_left(model)) == 4
         cam(batch())
+        assert cam.sizes == [(32, 32), (16, 16), (8, 8), (4, 4)]  # each layer's grid in that call
     assert hooks_left(model) == []
-    cam = GradCAM(model, LAYERS)
+    cam = CAMS[method](model, LAYERS)
     cam.release()
     assert hooks_left(model) == []
     with pytest.raises(RuntimeError, match='released'): cam(batch())
@@ -140,14 +156,15 @@ def test_hooks_live_exactly_as_long_as_the_block(model):
 def _raise_in_layer3(*args): raise IndexError('boom in layer3')
 
 
+@pytest.mark.parametrize('method', list(CAMS))
 @pytest.mark.parametrize('case', ['wrong_channels', 'layer_raises'])
-def test_hooks_removed_and_error_propagates_when_forward_raises(model, monkeypatch, case):
+def test_hooks_removed_and_error_propagates_when_forward_raises(model, monkeypatch, case, method):
     x = batch()
     if case == 'wrong_channels': x = x[:, :1]
     else: monkeypatch.setattr(model.layer3, 'forward', _raise_in_layer3)
     # IndexError included on purpose: pytorch-grad-cam's `__exit__` swallows it
     with pytest.raises((RuntimeError, IndexError)):
-        with GradCAM(model, LAYERS) as cam: cam(x)
+        with CAMS[method](model, LAYERS) as cam: cam(x)
     assert hooks_left(model) == []
     assert all(p.grad is None for p in model.parameters())
 
@@ -159,25 +176,27 @@ def test_exceptions_inside_the_block_are_not_swallowed(model, error):
     assert hooks_left(model) == []
 
 
+@pytest.mark.parametrize('method', list(CAMS))
 @pytest.mark.parametrize('training', [True, False])
-def test_mode_restored_and_maps_computed_in_eval_mode(model, training):
+def test_mode_restored_and_maps_computed_in_eval_mode(model, training, method):
     model.eval()
-    expected = all_maps(model, batch())
+    expected = all_maps(model, batch(), method=method)
     model.train(training)
     model.layer2[0].bn1.eval()  # a mixed state must come back module by module
     stats = copy.deepcopy(model.layer1[0].bn1.state_dict())
-    maps = all_maps(model, batch())
+    maps = all_maps(model, batch(), method=method)
     assert all(torch.equal(a, b) for a, b in zip(maps, expected))
     assert model.training == training and not model.layer2[0].bn1.training
     assert all(m.training == training for n, m in model.named_modules() if n != 'layer2.0.bn1')
     assert all(torch.equal(v, stats[k]) for k, v in model.layer1[0].bn1.state_dict().items())  # no BN update
 
 
-def test_parameter_grads_untouched(model):
-    all_maps(model, batch())
+@pytest.mark.parametrize('method', list(CAMS))
+def test_parameter_grads_untouched(model, method):
+    all_maps(model, batch(), method=method)
     assert all(p.grad is None for p in model.parameters())
     model.linear.weight.grad = torch.full_like(model.linear.weight, 0.5)
-    all_maps(model, batch())
+    all_maps(model, batch(), method=method)
     assert torch.equal(model.linear.weight.grad, torch.full_like(model.linear.weight, 0.5))
 
 

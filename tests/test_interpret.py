@@ -9,9 +9,11 @@ from PIL import Image
 
 from cifar_fastai.callbacks import write_metrics
 from cifar_fastai.evaluate import Predictions, class_accuracy, predict
-from cifar_fastai.interpret import (STAGES, PredictionsInterpretation, as_batch, plot_class_accuracy, plot_confusion_matrix,
-                                    plot_gradcam, plot_misclassified, plot_top_losses, top_mistakes)
-from cifar_fastai.loaders import cifar_dls
+from cifar_fastai.gradcam import LayerCAM, overlay
+from cifar_fastai.interpret import (STAGES, PredictionsInterpretation, as_batch, measure_faithfulness,
+                                    plot_class_accuracy, plot_confusion_matrix, plot_gradcam, plot_misclassified,
+                                    plot_top_losses, top_mistakes)
+from cifar_fastai.loaders import cifar_dls, ds_idx_of_test
 from cifar_fastai.plots import plot_augmentations, plot_curves
 
 
@@ -60,9 +62,10 @@ def test_top_mistakes_rejects_bad_arguments(kwargs, word):
     with pytest.raises(ValueError, match=word): top_mistakes(hand_predictions(**HAND), **kwargs)
 
 
-def test_test_loader_order_and_normalisation_equal_the_test_arrays():
-    dls = cifar_dls('sample', bs=32, val_bs=64)
-    xs, ys = zip(*dls.valid)
+@pytest.mark.parametrize('valid_pct', [0., 0.1])  # the test split is dls.valid, or dls[2] beside a held-out split
+def test_test_loader_order_and_normalisation_equal_the_test_arrays(valid_pct):
+    dls = cifar_dls('sample', bs=32, val_bs=64, valid_pct=valid_pct)
+    xs, ys = zip(*dls[ds_idx_of_test(dls)])
     assert torch.equal(torch.cat(ys).cpu(), torch.as_tensor(dls.data.test_y, dtype=torch.long))
     assert torch.equal(torch.cat(xs), as_batch(dls, dls.data.test_x))  # same images, same order, same normalisation
 
@@ -86,15 +89,27 @@ def test_misclassified_grid_titles_each_image_true_predicted_probability(sample_
     assert np.array_equal(fig.axes[7].images[0].get_array(), learn.dls.data.test_x[7])  # raw uint8 test image
 
 
-def test_gradcam_grid_has_the_image_then_one_overlay_per_stage(sample_run, preds, tmp_path):
-    learn = sample_run[0]
-    fig = plot_gradcam(learn, preds, top_mistakes(preds, 3), path=tmp_path / 'g.png')
+def test_gradcam_grid_has_the_image_then_the_predicted_and_true_class_maps_per_stage(sample_run, preds, tmp_path):
+    learn, idxs = sample_run[0], top_mistakes(preds, 3)
+    fig = plot_gradcam(learn, preds, idxs, path=tmp_path / 'g.png', cam='layercam')
     check_png(fig, tmp_path / 'g.png')
-    assert len(fig.axes) == 3 * (1 + len(STAGES))
-    assert [ax.get_title() for ax in fig.axes[:5]] == ['image', *STAGES]
-    assert 'predicted class' in fig._suptitle.get_text()
-    assert fig.axes[1].images[0].get_array().shape == (32, 32, 3)  # an overlay at the image's size
-    assert not learn.model.training  # `GradCAM` restored the mode it found
+    assert len(fig.axes) == 3 * (1 + 2 * len(STAGES))
+    titles = ['image', 'layer1\npredicted', 'layer1\ntrue', 'layer2\npredicted', 'layer2\ntrue']
+    assert [ax.get_title() for ax in fig.axes[:5]] == titles
+    assert fig._suptitle.get_text().startswith('LayerCAM of the predicted class and, beside it, of the true class')
+    images = learn.dls.data.test_x[idxs.tolist()]
+    for targets, column in ((preds.preds[idxs], 7), (preds.targets[idxs], 8)):  # layer4, predicted then true
+        with LayerCAM(learn.model, ['layer4']) as cam: (maps,) = cam(as_batch(learn.dls, images), targets)
+        row = fig.axes[2 * (1 + 2 * len(STAGES)) + column].images[0].get_array()  # the third image
+        np.testing.assert_allclose(row, overlay(images[2], maps[2].cpu()), atol=1e-5)
+    assert not learn.model.training  # the map restored the mode it found
+
+
+def test_faithfulness_of_test_images_scores_every_method_and_random_maps_per_stage(sample_run, preds):
+    rows = measure_faithfulness(sample_run[0], preds, n=3, steps=2, layers=['layer4'], methods=['gradcam'])
+    assert [(r['layer'], r['method']) for r in rows] == [('layer4', 'gradcam'), ('layer4', 'random')]
+    assert all(r['deletion'].shape == (3,) and ((0 <= r['insertion']) & (r['insertion'] <= 1)).all() for r in rows)
+    with pytest.raises(ValueError, match='test images'): measure_faithfulness(sample_run[0], preds, n=0)
 
 
 def test_interpretation_reuses_predictions_and_matches_fastai(sample_run, preds):

@@ -8,23 +8,36 @@ from PIL import Image
 
 from cifar_fastai.callbacks import read_metrics, write_metrics
 from cifar_fastai.evaluate import Predictions, class_accuracy, predict
-from cifar_fastai.report import PICTURES, REPORT, accuracy_markdown, gradcam_run, interpret_run, write_report
+from cifar_fastai.interpret import STAGES, measure_faithfulness
+from cifar_fastai.report import (FAITHFULNESS, PICTURES, REPORT, accuracy_markdown, faithfulness_markdown, gradcam_run,
+                                 interpret_run, write_report)
 from cifar_fastai.run import ConfigError
 
 
 @pytest.fixture(scope='module')
 def reported(sample_run):
-    "The sample run after `interpret_run`: (learn, run folder, paths written, report text)"
+    "The sample run after `interpret_run`, maps scored on 3 test images: (learn, run folder, paths written, report)"
     learn, run = sample_run
-    paths = interpret_run(learn, run)
+    paths = interpret_run(learn, run, faithfulness_images=3, faithfulness_steps=2)
     return learn, run, paths, (run / REPORT).read_text()
 
 
-def test_interpret_run_writes_every_picture_then_the_report(reported):
+def test_interpret_run_writes_every_picture_the_faithfulness_table_then_the_report(reported):
     _, run, paths, _ = reported
-    assert [p.name for p in paths] == [*PICTURES.values(), REPORT]
-    for p in paths[:-1]:
+    assert [p.name for p in paths] == [*PICTURES.values(), FAITHFULNESS, REPORT]
+    for p in paths[:-2]:
         with Image.open(p) as im: assert im.format == 'PNG' and min(im.size) > 100
+
+
+def test_report_carries_the_faithfulness_of_each_method_and_random_maps_at_each_stage(reported):
+    learn, run, _, text = reported
+    rows = measure_faithfulness(learn, predict(learn), n=3, steps=2)
+    names = {'gradcam': 'Grad-CAM', 'layercam': 'LayerCAM', 'gradcam++': 'Grad-CAM++', 'random': 'random maps'}
+    assert len(rows) == 4 * len(STAGES)
+    for r in rows:
+        name, d, i = names[r['method']], r['deletion'], r['insertion']
+        assert f"| {r['layer']} | {name} | {d.mean():.3f} ± {d.std() / 3 ** .5:.3f} | {i.mean():.3f} ± " in text
+    assert (run / FAITHFULNESS).read_text().strip() in text and 'on 3 test images' in text
 
 
 def test_report_has_the_per_class_table_with_the_ten_classes(reported):
@@ -56,9 +69,22 @@ def test_report_states_speed_and_machine(reported):
     assert 'threads: ' in text and 'device: cpu' in text and f'torch {torch.__version__}' in text
 
 
-def test_gradcam_run_writes_the_two_grids(reported):
+def test_gradcam_run_writes_the_two_grids_and_updates_the_report_with_its_method(reported):
     learn, run, _, _ = reported
-    assert [p.name for p in gradcam_run(learn, run, k=4)] == ['misclassified.png', 'gradcam.png']
+    paths = gradcam_run(learn, run, k=4, cam='gradcam++', faithfulness_images=0)
+    assert [p.name for p in paths] == ['misclassified.png', 'gradcam.png', REPORT]
+    text = (run / REPORT).read_text()
+    assert '## Grad-CAM++' in text and 'Grad-CAM++ (`--cam gradcam++`)' in text and 'the 4 most confident' in text
+    assert (run / FAITHFULNESS).read_text().strip() in text  # the table measured before is kept
+    with pytest.raises(ValueError, match='gradcam, layercam'): gradcam_run(learn, run, cam='gradcam+')
+
+
+def test_faithfulness_markdown_of_a_hand_computed_case():
+    rows = [dict(layer='layer1', method='layercam', deletion=torch.tensor([.2, .4]), insertion=torch.tensor([.9, .7]))]
+    table = faithfulness_markdown(rows, steps=8).splitlines()[-1]
+    # standard errors: std([.2, .4]) / sqrt(2) = 0.1; differences .7, .3: 0.2
+    assert table == '| layer1 | LayerCAM | 0.300 ± 0.100 | 0.800 ± 0.100 | 0.500 ± 0.200 |'
+
 
 
 def test_interpret_run_refuses_a_folder_that_is_not_a_run(sample_run, tmp_path):

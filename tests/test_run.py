@@ -70,8 +70,10 @@ def test_gradcam_into_a_file_prints_only_the_paths_it_wrote(sample_run, tmp_path
     copy = tmp_path / 'run'
     copy.mkdir()
     for name in ('config.json', 'metrics.csv', 'model.pth'): (copy / name).write_bytes((run / name).read_bytes())
-    cli.main(['gradcam', str(copy)])  # pytest's captured stdout is not a terminal: no bars
-    assert capsys.readouterr().out.splitlines() == [f'wrote {copy / n}' for n in ('misclassified.png', 'gradcam.png')]
+    cli.main(['gradcam', str(copy), '--cam', 'layercam', '--faithfulness-images', '2', '--faithfulness-steps', '2'])
+    written = ('misclassified.png', 'gradcam.png', 'faithfulness.md')  # no report.md here to update
+    assert capsys.readouterr().out.splitlines() == [f'wrote {copy / n}' for n in written]  # captured: not a terminal
+    assert '| layer1 | LayerCAM |' in (copy / 'faithfulness.md').read_text()
 
 
 def test_evaluate_prints_per_class_and_overall_accuracy(sample_run, capsys):
