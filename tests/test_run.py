@@ -38,7 +38,10 @@ def test_metrics_has_one_row_per_epoch_with_the_lr_used(sample_run):
     header = ['epoch', 'train_loss', 'train_accuracy', 'test_loss', 'test_accuracy', 'lr', 'seconds']
     assert (run / 'metrics.csv').read_text().splitlines()[0].split(',') == header
     assert [r['epoch'] for r in rows] == [1, 2]
-    assert all(r['lr'] == pytest.approx(json.loads((run / 'config.json').read_text())['lr_used'], rel=1e-5) for r in rows)
+    # 500 images in batches of 64: 7 steps an epoch, 14 in all; the warm-up is round(5 % of 14) = 1 step at the full
+    # rate, the final decay the last round(20 % of 14) = 3 steps at 3/4, 2/4 and 1/4 of it
+    lr_used = json.loads((run / 'config.json').read_text())['lr_used']
+    assert [r['lr'] for r in rows] == pytest.approx([lr_used, lr_used * (4 + 3 / 4 + 2 / 4 + 1 / 4) / 7], rel=1e-5)
     assert all(0 <= r['test_accuracy'] <= 1 and r['seconds'] > 0 for r in rows)
 
 
