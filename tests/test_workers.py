@@ -64,3 +64,15 @@ def test_workers_resume_from_the_states_a_checkpoint_saves():
     resumed = _dls(seed=7, shuffle=True)  # another seed: whatever matches comes from the saved states
     set_rng_state(SimpleNamespace(dls=resumed), state)
     assert all(_same(_epoch(resumed.train), following))
+
+
+def test_the_workers_of_a_data_parallel_loader_draw_apart_too(tmp_path):
+    # fastai sets up each worker on the `DistributedDL` wrapper of a data-parallel fit: it must hand that to our loader
+    import torch.distributed as dist
+    from cifar_fastai.distributed import CollectiveDL
+    dist.init_process_group('gloo', init_method=f'file://{tmp_path / "group"}', rank=0, world_size=1)
+    try:
+        dl = CollectiveDL(_dls().train, rank=0, world_size=1)
+        first, second = _epoch(dl), _epoch(dl)
+    finally: dist.destroy_process_group()
+    assert _same(first, second) == [False] * 4 and not torch.equal(first[0], first[1])
