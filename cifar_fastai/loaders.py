@@ -16,7 +16,8 @@ from torch.utils.data import get_worker_info
 from cifar_fastai.data import Cifar10, read_cifar10
 from cifar_fastai.transforms import CIFAR10_MEAN, CIFAR10_STD, AlbumentationsTransform, cifar_augs
 
-__all__ = ['ArrayImage', 'ArrayLabel', 'AsyncCopy', 'ArrayDL', 'cifar_dls', 'default_workers', 'holdout_split', 'ds_idx_of_test']
+__all__ = ['ArrayImage', 'ArrayLabel', 'AsyncCopy', 'ArrayDL', 'cifar_dls', 'default_workers', 'holdout_split',
+           'ds_idx_of_test']
 
 
 class ArrayImage(Transform):
