@@ -103,13 +103,17 @@ class EpochRecord(Callback):
 
     def before_epoch(self):
         self.start, self.lr_sum, self.n_batches = time.time(), 0., 0
-        # loss * n, correct, n; 'valid' is what the loop validates on, 'test' filled by `TestPass` when that differs
-        self.sums = {k: torch.zeros(3, dtype=torch.float64) for k in ('train', 'valid', 'test')}
+        # loss * n, correct, n; 'valid' is what the loop validates on, 'test' filled by `TestPass` when that differs.
+        # On the model's device, read once in `after_epoch`: a read per batch would make the host wait for each step.
+        device = next(self.model.parameters()).device
+        dtype = torch.float32 if device.type == 'mps' else torch.float64  # MPS has no float64
+        self.sums = {k: torch.zeros(3, dtype=dtype, device=device) for k in ('train', 'valid', 'test')}
 
     def add(self, split: str, loss: torch.Tensor, pred: torch.Tensor, y: torch.Tensor):
-        "Count a batch of `split` with mean `loss`"
-        correct = (pred.argmax(dim=-1) == y).sum().item()
-        self.sums[split] += torch.tensor([loss.detach().item() * len(y), correct, len(y)], dtype=torch.float64)
+        "Count a batch of `split` with mean `loss`, on the device, without reading a value"
+        sums, n = self.sums[split], len(y)
+        sums[:2] += torch.stack([loss.detach().to(sums.dtype) * n, (pred.argmax(dim=-1) == y).sum().to(sums.dtype)])
+        sums[2] += n
 
     def after_batch(self):
         if not _in_fit(self.learn): return
@@ -117,9 +121,10 @@ class EpochRecord(Callback):
         if self.training: self.lr_sum, self.n_batches = self.lr_sum + self.opt.hypers[-1]['lr'], self.n_batches + 1
 
     def after_epoch(self):
-        if not _in_fit(self.learn) or self.sums['train'][2] == 0: return
-        # `TestPass` predicts the whole test split on every process: its sums are already complete
-        sums = {k: v if k == 'test' else all_reduce_sum(v) for k, v in self.sums.items()}
+        if not _in_fit(self.learn): return
+        # the epoch's read of the device; `TestPass` predicts the whole test split on every process: its sums are complete
+        sums = {k: (v if k == 'test' else all_reduce_sum(v)).tolist() for k, v in self.sums.items()}
+        if not sums['train'][2]: return  # an epoch skipped on resume
         if not sums['test'][2]: sums['test'], sums['valid'] = sums['valid'], sums['test']  # the loop tested
         row = dict(epoch=len(self.rows) + 1, **_means('train', sums['train']))
         if sums['valid'][2]: row |= _means('valid', sums['valid'])
@@ -129,9 +134,9 @@ class EpochRecord(Callback):
         if self.log is not None: self.log(format_row(row, self.n_epoch))
 
 
-def _means(split: str, sums: torch.Tensor) -> dict:
+def _means(split: str, sums: list) -> dict:
     "Mean loss and accuracy of `split` from its (loss * n, correct, n) sums"
-    loss, correct, n = sums.tolist()
+    loss, correct, n = sums
     return {f'{split}_loss': loss / max(n, 1), f'{split}_accuracy': correct / max(n, 1)}
 
 

@@ -90,10 +90,18 @@ def _plain(o):
 
 
 def load_checkpoint(run: Path) -> dict:
-    "The last complete checkpoint of `run`, loaded without running code from the file"
+    "The last complete checkpoint of `run`, loaded onto the CPU without running code from the file"
+    # the CPU: random states must be CPU tensors; `restore_checkpoint` puts the rest beside the model's tensors
     path = Path(run) / CHECKPOINT
     if not path.exists(): raise FileNotFoundError(f"{path} does not exist: {run} has no completed epoch to resume from")
     return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def _onto_params(opt):
+    "Each optimizer-state tensor of `opt` onto its parameter's device, floating ones in its dtype (as torch's optimizers)"
+    for p, state in opt.state.items():
+        for k, v in state.items():
+            if isinstance(v, torch.Tensor): state[k] = v.to(p.device, p.dtype if v.is_floating_point() else v.dtype)
 
 
 def restore_checkpoint(learn, state: dict) -> int:
@@ -101,6 +109,7 @@ def restore_checkpoint(learn, state: dict) -> int:
     learn.model.load_state_dict(state['model'])
     if learn.opt is None: learn.create_opt()
     learn.opt.load_state_dict({'state': state['opt']['state'], 'hypers': L(state['opt']['hypers'])})
+    _onto_params(learn.opt)
     learn.reduce_lr_on_plateau.load_state_dict(state['plateau'])
     learn.epoch_record.rows = list(state['rows'])
     if hasattr(learn, 'ema') and state.get('ema') is not None: learn.ema.load_state_dict(state['ema'])

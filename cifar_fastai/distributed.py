@@ -9,6 +9,7 @@ from fastai.torch_core import rank_distrib
 from torch import nn
 
 from cifar_fastai.collective import broadcast_value
+from cifar_fastai.loaders import AsyncCopy
 from cifar_fastai.run import ConfigError
 from cifar_fastai.transforms import AlbumentationsTransform
 
@@ -33,7 +34,7 @@ def start_process_group(sync_bn: bool = False):
     from accelerate import PartialState
     _check_sync_bn(sync_bn)
     if not torch.cuda.is_available(): return PartialState(cpu=True, backend='gloo')
-    return PartialState(backend='cuda:nccl,cpu:gloo')  # gloo beside nccl for the CPU tensors `EpochRecord` all-reduces
+    return PartialState(backend='cuda:nccl,cpu:gloo')  # gloo beside nccl for CPU tensors: `CollectiveDL`'s order
 
 
 @contextmanager
@@ -54,9 +55,11 @@ def _collective_device() -> torch.device:
     return torch.device('cuda', torch.cuda.current_device()) if dist.get_backend() == 'nccl' else torch.device('cpu')
 
 
-class CollectiveDL(DistributedDL):
+class CollectiveDL(AsyncCopy, DistributedDL):
     "fastai's `DistributedDL` (each process takes its share of rank 0's order) with any backend; `idxs`: this epoch's share"
     idxs = None
+
+    def wif(self): self.dl.wif()  # in a loader worker, which fastai set up on this wrapper: the loader's own set-up
 
     def get_idxs(self):
         self.idxs = super().get_idxs()

@@ -71,5 +71,6 @@ class EMA(Callback):
     def state_dict(self) -> dict: return {'decay': self.decay, 'every': self.every, 'n': self.n, 'avg': self.avg}
 
     def load_state_dict(self, state: dict):
+        "Put back `state`, its average onto the device and in the dtype of the model's tensors"
         self.decay, self.every, self.n = state['decay'], state.get('every', 1), state['n']
-        self.avg = [a.clone() for a in state['avg']]
+        self.avg = [a.to(t, copy=True) for a, t in zip(state['avg'], _tensors(self.model), strict=True)]

@@ -4,16 +4,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fastai.data.core import Datasets, DataLoaders
+from fastai.data.core import Datasets, DataLoaders, TfmdDL
+from fastai.data.load import _loaders
 from fastai.data.transforms import Categorize, IntToFloatTensor, Normalize
-from fastai.torch_core import TensorImage, default_device, set_seed
+from fastai.torch_core import TensorCategory, TensorImage, default_device, set_seed, to_device
 from fastai.vision.core import PILImage
+from fastcore.basics import chunked
 from fasttransform import Transform
+from torch.utils.data import get_worker_info
 
 from cifar_fastai.data import Cifar10, read_cifar10
 from cifar_fastai.transforms import CIFAR10_MEAN, CIFAR10_STD, AlbumentationsTransform, cifar_augs
 
-__all__ = ['ArrayImage', 'ArrayLabel', 'cifar_dls', 'default_workers', 'holdout_split', 'ds_idx_of_test']
+__all__ = ['ArrayImage', 'ArrayLabel', 'AsyncCopy', 'ArrayDL', 'cifar_dls', 'default_workers', 'holdout_split',
+           'ds_idx_of_test']
 
 
 class ArrayImage(Transform):
@@ -35,6 +39,67 @@ class ArrayLabel(Transform):
     def __init__(self, labels: np.ndarray | None = None, classes=()): self.labels, self.classes = labels, list(classes)
     def encodes(self, i: int) -> str: return self.classes[self.labels[i]]
     def __getstate__(self): return {**self.__dict__, 'labels': None} if ArrayImage.exporting else self.__dict__
+
+
+def _arrays(dataset) -> tuple | None:
+    "(images, labels, code of each label, items) of a `Datasets` whose items index `ArrayImage` and `ArrayLabel`"
+    tls = getattr(dataset, 'tls', None)  # None for any other dataset, e.g. fastai's `test_dl` of image files
+    if tls is None or len(tls) != 2: return None
+    (image, *more), label = tls[0].tfms.fs, tls[1].tfms.fs
+    if more or not isinstance(image, ArrayImage) or image.images is None: return None
+    if len(label) != 2 or not isinstance(label[0], ArrayLabel) or not isinstance(label[1], Categorize): return None
+    codes = np.array([label[1].vocab.o2i[c] for c in label[0].classes])  # what `Categorize` makes of each class
+    return image.images, label[0].labels, codes, tls[0].items
+
+
+class AsyncCopy:
+    "Mixin for a fastai `DataLoader`: batches go to its device with `non_blocking=True`, from pinned memory if it pins"
+    def __iter__(self):
+        # fastai's `DataLoader.__iter__` but for the copy, where its `to_device` waits for each batch to arrive
+        # (https://github.com/fastai/fastai/blob/master/fastai/data/load.py)
+        self.randomize()
+        self.before_iter()
+        self._DataLoader__idxs = self.get_idxs()  # the order `DataLoader.sample` deals out, here and to the workers
+        for b in _loaders[self.fake_l.num_workers == 0](self.fake_l):
+            if isinstance(b, list): b = tuple(b)  # pinning makes the tuple a list
+            yield self.after_batch(b if self.device is None else to_device(b, self.device, non_blocking=True))
+        self.after_iter()
+        if hasattr(self, 'it'): del self.it
+
+
+class ArrayDL(AsyncCopy, TfmdDL):
+    "A `TfmdDL` that makes a batch of in-memory images in one call, and gives each loader worker its own augmentations"
+    # Over the `Datasets` of `cifar_dls` a batch is gathered from the arrays and augmented by the same
+    # `AlbumentationsTransform` that fastai calls item by item; other datasets and item transforms go item by item.
+    def create_batches(self, samps):
+        arrays = _arrays(self.dataset) if self.bs is not None and not self.before_batch.fs else None
+        if arrays is None or len(self._augs()) != len(self.after_item.fs): return super().create_batches(samps)
+        return (self.array_batch(idxs, *arrays) for idxs in chunked(samps, self.bs, drop_last=self.drop_last))
+
+    def array_batch(self, idxs: list, images: np.ndarray, labels: np.ndarray, codes: np.ndarray, items) -> tuple:
+        "The batch of dataset positions `idxs`: (B, 3, H, W) uint8 images and their class codes"
+        rows = [items[i] for i in idxs]  # rows of the arrays
+        x = images[rows]
+        for t in self._augs(): x = t.augment(x, self._split_idx)
+        # (B, 3, H, W) over (B, H, W, 3) memory is channels_last, the layout the model computes in by default
+        x = TensorImage(torch.from_numpy(x).permute(0, 3, 1, 2))
+        return x, TensorCategory(torch.from_numpy(codes[labels[rows]]))
+
+    def before_iter(self):
+        super().before_iter()
+        # a worker process holds copies of the pipelines, which the parent's never follow: each epoch the parent's
+        # draw the workers' seeds, so that workers draw apart, anew each epoch, from the states a checkpoint saves
+        self.worker_seeds = [t.draw_seed(self._split_idx) for t in self._augs()] if self.fake_l.num_workers else []
+
+    def wif(self):
+        "In a loader worker: seed its copies of the pipelines from this epoch's seeds and the worker's id"
+        for t, seed in zip(self._augs(), self.worker_seeds):
+            if seed is not None: t.seed_copy(self._split_idx, seed, get_worker_info().id)
+
+    def _augs(self) -> list: return [t for t in self.after_item.fs if isinstance(t, AlbumentationsTransform)]
+
+    @property
+    def _split_idx(self) -> int | None: return getattr(self.dataset, 'split_idx', None)
 
 
 def default_workers(device: torch.device) -> int:
@@ -80,7 +145,8 @@ def cifar_dls(source=None, bs: int = 64, augs='default', valid_augs=None, seed: 
     aug = AlbumentationsTransform(cifar_augs() if augs == 'default' else augs, valid_augs, seed=seed)
     stats = [torch.tensor(s, device=device).view(1, 3, 1, 1) for s in (CIFAR10_MEAN, CIFAR10_STD)]
     workers = default_workers(device) if num_workers is None else num_workers
+    kwargs = {'pin_memory': device.type == 'cuda', **kwargs}  # pinned batches copy to the GPU without waiting
     dls = dsets.dataloaders(bs=bs, val_bs=val_bs or 2 * bs, after_item=[aug], device=device, num_workers=workers,
-                            after_batch=[IntToFloatTensor(), Normalize(*stats)], **kwargs)
+                            dl_type=ArrayDL, after_batch=[IntToFloatTensor(), Normalize(*stats)], **kwargs)
     dls.data = data  # the arrays and class names, for interpretation
     return dls

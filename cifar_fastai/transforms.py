@@ -1,4 +1,4 @@
-"Albumentations pipelines as a fastai item transform, and the default CIFAR-10 augmentation"
+"Albumentations pipelines as a fastai item transform (or a batch at a time), and the default CIFAR-10 augmentation"
 from collections.abc import Sequence
 
 import albumentations as A
@@ -46,8 +46,8 @@ def _walk(aug):
     for t in getattr(aug, 'transforms', []): yield from _walk(t)
 
 
-def _seed_each(aug, seed: int):
-    "Seed every transform of `aug` with its own stream, parents before children"
+def _seed_each(aug, seed: int | list[int]):
+    "Seed every transform of `aug` with its own stream, parents before children; `seed` is a number or a list of them"
     # `Compose.set_random_seed` gives every child the same seed, so a flip and a cutout with the same `p` would
     # always fire together; pre-order seeding lets each child overwrite what its parent handed down.
     parts = list(_walk(aug))
@@ -74,12 +74,30 @@ class AlbumentationsTransform(Transform):
         return [g for aug in (self.train_aug, self.valid_aug) if aug is not None for t in _walk(aug)
                 for g in (t.random_generator, t.py_random)]
 
+    def pipeline(self, split_idx: int | None) -> A.Compose | None:
+        "The pipeline of split `split_idx`: `train_aug` for training items (0), `valid_aug` for the rest"
+        return self.train_aug if split_idx == 0 else self.valid_aug
+
+    def augment(self, images: np.ndarray, split_idx: int | None) -> np.ndarray:
+        "A (B, H, W, C) uint8 batch through the pipeline of split `split_idx`, image by image as items would go"
+        aug = self.pipeline(split_idx)
+        return images if aug is None else np.stack([aug(image=img)['image'] for img in images])
+
+    def draw_seed(self, split_idx: int | None) -> int | None:
+        "A seed drawn from the pipeline of split `split_idx` (None if it has none), for a copy to draw apart from it"
+        aug = self.pipeline(split_idx)
+        return None if aug is None else int(aug.random_generator.integers(2**63))
+
+    def seed_copy(self, split_idx: int | None, *keys: int):
+        "Seed the pipeline of split `split_idx` from `keys`, e.g. (a seed from `draw_seed`, a loader worker's id)"
+        if (aug := self.pipeline(split_idx)) is not None: _seed_each(aug, list(keys))
+
     def __call__(self, b, split_idx=None, **kwargs):
         self.idx = split_idx
         return super().__call__(b, split_idx=None, **kwargs)
 
     def _augment(self, arr: np.ndarray) -> np.ndarray:
-        aug = self.train_aug if self.idx == 0 else self.valid_aug
+        aug = self.pipeline(self.idx)
         return arr if aug is None else aug(image=arr)['image']
 
     def encodes(self, img: PILImage) -> PILImage:

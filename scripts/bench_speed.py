@@ -7,16 +7,20 @@ process so that its peak memory is its own:
   2. bare step: forward + backward + SGD step at the best precision/layout on a fixed batch in memory (the ceiling)
   3. ours: `cifar_dls` + `cifar_learner(precision='auto', channels_last=True)` with the default weight average of
      `cifar-fastai train` (`EMA`), `Learner.fit`, train phase only
-Extras: the bare step in fp32/bf16 x contiguous/channels_last, optionally compiled; loader-only throughput.
+Extras: the bare step in fp32/bf16 x contiguous/channels_last, optionally compiled.
+Loaders alone (issue 15), no model: the reference's `DataLoader`; ours (`cifar_dls(...).train`) with each of
+`--loader-workers`; the floor, the same Albumentations pipeline in a plain loop over the in-memory arrays, stacked
+and normalised with torch.
 
 Prints a line per contender and round, then a markdown section for BENCHMARKS.md: images/s (median and best of the
-rounds) and peak RSS per contender, loader-only images/s, ours / reference and ours / bare step.
+rounds) and peak RSS per contender, loader-only images/s, ours / reference, ours / bare step, our loader / floor.
 
 Measured results: none yet on a quiet machine (runs on the shared development machine are niced and not timings);
 the lead's numbers go here and in BENCHMARKS.md once measured.
 
     python scripts/bench_speed.py              # 2560 images, bs 128, 3 rounds, with torch.compile
     python scripts/bench_speed.py --quick      # 512 images, 1 round, no compile: under a minute on 2 idle cores
+    python scripts/bench_speed.py --loader-only --n-images 25600   # the loaders alone (0 and 2 workers, floor)
 """
 import argparse, datetime, os, platform, shlex, statistics, sys, time, traceback
 import multiprocessing as mp
@@ -163,14 +167,18 @@ class StopAfter(Callback):
         if self.training and self.iter + 1 >= self.n: raise CancelFitException()
 
 
+def bench_data(files, labels, test_files, test_labels, classes) -> Cifar10:
+    "The very files the reference reads, decoded the same way, as the in-memory arrays our path trains on"
+    arrays = [np.stack([read_rgb(f) for f in fs]) for fs in (files, test_files)]
+    ys = [np.array(y, np.int64) for y in (labels, test_labels)]
+    return Cifar10(arrays[0], ys[0], arrays[1], ys[1], classes, source='benchmark files')
+
+
 class OursFit:
     "Our path: `cifar_dls` over in-memory arrays + `cifar_learner(precision='auto', channels_last=True)`, `fit(1)`"
     def __init__(self, files, labels, test_files, test_labels, classes, bs: int, workers: int | None = None, **_):
-        # the very files the reference reads, decoded the same way, so both paths see identical pixels
-        arrays = [np.stack([read_rgb(f) for f in fs]) for fs in (files, test_files)]
-        ys = [np.array(y, np.int64) for y in (labels, test_labels)]
-        self.data = Cifar10(arrays[0], ys[0], arrays[1], ys[1], classes, source='benchmark files')
-        self.dls = cifar_dls(self.data, bs=bs, seed=0, device='cpu', num_workers=workers)
+        self.dls = cifar_dls(bench_data(files, labels, test_files, test_labels, classes), bs=bs, seed=0, device='cpu',
+                             num_workers=workers)
         self.learn = cifar_learner(self.dls, lr=LR, momentum=MOMENTUM, wd=WD, precision='auto', channels_last=True,
                                    ema=EMA(RunConfig.ema, RunConfig.ema_every))  # the weight average of `cifar-fastai train`
         self.timer = TrainTimer()
@@ -183,7 +191,17 @@ class OursFit:
         if not self.learn.epoch_record.rows[-1]['train_loss'] < float('inf'): raise RuntimeError('non-finite loss')
         return self.timer.n, self.timer.seconds
 
+
+class OursLoader:
+    "Our training loader alone, `cifar_dls(...).train` on the CPU with `workers` processes; and the floor under it"
+    def __init__(self, files, labels, test_files, test_labels, classes, bs: int, workers: int = 0, **_):
+        self.data = bench_data(files, labels, test_files, test_labels, classes)
+        self.dls = cifar_dls(self.data, bs=bs, seed=0, device='cpu', num_workers=workers)
+        for _ in zip(range(WARMUP_STEPS), self.dls.train): pass
+        self.info = dict(workers=self.dls.train.fake_l.num_workers)
+
     def load_epoch(self) -> tuple[int, float]:
+        "An epoch of normalised batches, worker start-up included (fastai starts them anew each epoch)"
         n, start = 0, time.perf_counter()
         for _, yb in self.dls.train: n += len(yb)
         return n, time.perf_counter() - start
@@ -227,7 +245,7 @@ def serve(conn, make, kwargs: dict, threads: int | None, start_method: str):
 class Remote:
     "A contender in its own process (spawned, not daemonic: the reference's `DataLoader` forks workers)"
     def __init__(self, name: str, make, threads: int | None = None, optional: bool = False, **kwargs):
-        self.name, self.optional, self.info = name, optional, {}
+        self.name, self.make, self.optional, self.info = name, make, optional, {}
         self.results, self.loads, self.floors = [], [], []  # (images, seconds) per round
         ctx = mp.get_context('spawn')
         self.conn, child = ctx.Pipe()
@@ -254,9 +272,12 @@ class Remote:
 ################################################################################
 
 def contenders(args, files, labels, test_files, test_labels, classes) -> tuple[list[Remote], list[Remote]]:
-    "The training contenders (reference, bare, ours, then extras) and the loader-only ones, started in parallel"
+    "Training contenders (reference, bare, ours, extras; none with --loader-only), then the loaders alone; all started"
     n, common = len(files) // args.bs * args.bs, dict(bs=args.bs, threads=args.threads)
     data = dict(files=files, labels=labels, test_files=test_files, test_labels=test_labels, classes=classes)
+    loaders = [Remote(f'ours: cifar_dls(...).train, num_workers={w}', OursLoader, workers=w, **data, **common)
+               for w in args.loader_workers]
+    if args.loader_only: return [], loaders
     best = resolve_precision('auto', 'cpu')
     ref = Remote('1. reference: PyTorch loop, fp32, OpenCV files + Albumentations, DataLoader', ReferenceLoop,
                  workers=args.ref_workers, **data, **common)
@@ -270,7 +291,7 @@ def contenders(args, files, labels, test_files, test_labels, classes) -> tuple[l
     if args.compile:
         extras.append(Remote(f'bare step, {best} + channels_last, torch.compile', BareStep, n_images=n,
                              compile=True, optional=True, **common))
-    return [ref, bare, *ours, *extras], [ref, ours[0]]
+    return [ref, bare, *ours, *extras], [ref, *loaders]
 
 
 def start_all(remotes: list[Remote], log) -> list[Remote]:
@@ -318,7 +339,8 @@ def median(results: list) -> float: return statistics.median(speeds(results))
 
 def header(args, n_images: int, threads: int, started: str) -> list[str]:
     "Title, hardware, command line and date of the markdown section"
-    return [f'### Training speed: CIFAR ResNet18, bs {args.bs}, {n_images} training images per epoch', '',
+    title = 'Loader speed' if args.loader_only else 'Training speed: CIFAR ResNet18'
+    return [f'### {title}, bs {args.bs}, {n_images} training images per epoch', '',
             f'- hardware: {hardware()}',
             f'- threads: {threads} per process (OMP_NUM_THREADS={os.environ.get("OMP_NUM_THREADS", "unset")})',
             f'- command: `{shlex.join(["python", "scripts/bench_speed.py", *sys.argv[1:]])}`',
@@ -326,26 +348,44 @@ def header(args, n_images: int, threads: int, started: str) -> list[str]:
             '| path | images/s (median) | best | rounds | peak RSS MB | notes |', '|---|---:|---:|---:|---:|---|']
 
 
+def ours_loaders(loaders: list[Remote]) -> dict:
+    "Our loaders alone by their number of workers"
+    return {r.info['workers']: r for r in loaders if r.make is OursLoader}
+
+
 def rows(train: list[Remote], loaders: list[Remote]) -> list[str]:
-    "One line per contender, then the loader-only lines"
+    "One line per contender, then the loader-only lines and the floor"
     lines = []
     for r in train:
         note = ', '.join(f'{k}={v}' for k, v in r.info.items() if k in ('precision', 'layout', 'workers'))
         if r.info.get('compiled'): note += f", first step {r.info['first_step_seconds']:.1f} s (compiling)"
         lines.append(row(r.name, speeds(r.results), f'{r.peak_rss_mb:.0f}', note))
-    lines += [row(f'loader only: {r.name.split(":")[0][3:]}', speeds(r.loads), '', 'no model') for r in loaders]
+    for r in loaders:
+        name = r.name if r.make is OursLoader else 'reference: DataLoader over OpenCV files + Albumentations'
+        lines.append(row(f'loader only: {name}', speeds(r.loads), '', f"no model, workers={r.info['workers']}"))
+    floor = next(iter(ours_loaders(loaders).values()))
     return lines + [row('loader floor: Albumentations + torch on the in-memory arrays, no fastai',
-                        speeds(train[2].floors), '', 'no model')]
+                        speeds(floor.floors), '', 'no model, one process')]
 
 
-def ratios(train: list[Remote]) -> list[str]:
+def loader_ratios(loaders: list[Remote]) -> list[str]:
+    "Our loader against the floor in one process, and what workers add"
+    ours = {w: median(r.loads) for w, r in ours_loaders(loaders).items()}
+    floor = median(next(iter(ours_loaders(loaders).values())).floors)
+    if 0 not in ours: return [f'- our loader with {w} workers / floor: {v / floor:.2f}' for w, v in ours.items()]
+    return ([f'- our loader / floor, one process: {ours[0] / floor:.2f} (target >= 0.7)'] +
+            [f'- our loader with {w} workers / without: {v / ours[0]:.2f}x' for w, v in ours.items() if w])
+
+
+def ratios(train: list[Remote], loaders: list[Remote]) -> list[str]:
     "Ours against the targets, how much of our epoch is loading, and the extras against the bare step"
     ref, bare, ours = (median(r.results) for r in train[:3])
-    load = median(train[2].loads)
     lines = [f'- ours / reference: {ours / ref:.2f}x (target >= 2)',
-             f'- ours / bare step: {ours / bare:.2f} (target >= 0.95)',
-             f'- loading takes {100 * ours / load:.0f}% of our epoch; loading then stepping one after the other would '
-             f'give {1 / (1 / load + 1 / bare):.1f} img/s']
+             f'- ours / bare step: {ours / bare:.2f} (target >= 0.95)']
+    if (same := ours_loaders(loaders).get(train[2].info['workers'])) is not None:
+        load = median(same.loads)
+        lines.append(f'- loading takes {100 * ours / load:.0f}% of our epoch; loading then stepping one after the '
+                     f'other would give {1 / (1 / load + 1 / bare):.1f} img/s')
     for r in train[3:]:
         if not r.name.startswith('bare'): continue
         compiled = (f" (first step {r.info['first_step_seconds']:.1f} s, uncompiled "
@@ -356,8 +396,8 @@ def ratios(train: list[Remote]) -> list[str]:
 
 def table(args, train: list[Remote], loaders: list[Remote], n_images: int, started: str) -> str:
     "The markdown section to paste into BENCHMARKS.md"
-    lines = header(args, n_images, train[0].info['threads'], started) + rows(train, loaders) + [''] + ratios(train)
-    return '\n'.join(lines)
+    lines = header(args, n_images, (train or loaders)[0].info['threads'], started) + rows(train, loaders) + ['']
+    return '\n'.join(lines + (ratios(train, loaders) if train else []) + loader_ratios(loaders))
 
 
 def parse_args(argv=None):
@@ -371,6 +411,9 @@ def parse_args(argv=None):
     p.add_argument('--ref-workers', type=int, default=2, help="the reference DataLoader's num_workers")
     p.add_argument('--our-workers', type=int, nargs='+', default=[None],
                    help="cifar_dls num_workers; several values add a contender each (default: the library's)")
+    p.add_argument('--loader-workers', type=int, nargs='+', default=[0, 2],
+                   help='num_workers of our loader alone, a contender each; the floor runs beside the first')
+    p.add_argument('--loader-only', action='store_true', help='only the loaders alone and the floor, no training')
     p.add_argument('--no-compile', dest='compile', action='store_false', help='leave out the torch.compile extra')
     p.add_argument('--quick', action='store_true', help='512 images, 1 round, no compile')
     args = p.parse_args(argv)
@@ -391,15 +434,16 @@ def main(argv=None):
     if os.nice(0) > 0 or os.getloadavg()[0] > 0.5: log(f'warning: niceness {os.nice(0)}, load average '
                                                         f'{os.getloadavg()[0]:.1f}: these timings are not meaningful')
     train, loaders = contenders(args, files, labels, test_files, test_labels, classes)
+    alone = [r for r in loaders if r not in train]  # the reference's loader is its training contender's
     try:
-        log(f'{len(files)} files from {args.data}; building {len(train)} contenders (each warms up)')
-        train = start_all(train, log)
+        log(f'{len(files)} files from {args.data}; building {len(train) + len(alone)} contenders (each warms up)')
+        train, alone = start_all(train, log), start_all(alone, log)
         run_rounds(train, 'train_epoch', args.rounds, log)
         run_rounds(loaders, 'load_epoch', args.rounds, log, key='loads')
-        run_rounds(train[2:3], 'load_floor', args.rounds, log, key='floors')
+        run_rounds(alone[:1], 'load_floor', args.rounds, log, key='floors')
         for r in train: r.peak_rss_mb = r.call('peak_rss_mb')
     finally:
-        for r in train: r.close()
+        for r in train + alone: r.close()
     print('\n' + table(args, train, loaders, len(files) // args.bs * args.bs, started))
 
 

@@ -1,11 +1,12 @@
 "ReduceLROnPlateau follows torch's scheduler and really sets the optimizer's rate; the per-epoch record is right"
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 from fastai.callback.core import Callback
 
-from cifar_fastai.callbacks import ReduceLROnPlateau
+from cifar_fastai.callbacks import EpochRecord, ReduceLROnPlateau
 from cifar_fastai.learner import cifar_learner
 from cifar_fastai.loaders import cifar_dls
 from tests.helpers import synthetic_cifar
@@ -119,3 +120,37 @@ def test_validate_after_fit_changes_neither_the_rate_nor_the_record(dls):
     loss, acc = learn.validate()
     assert loss == pytest.approx(rows[-1]['test_loss'], rel=1e-5) and acc == pytest.approx(rows[-1]['test_accuracy'])
     assert learn.epoch_record.rows == rows and learn.opt.hypers[0]['lr'] == lr == pytest.approx(0.02)
+
+
+class ReadEachBatch(Callback):
+    "The record as kept before issue 15: each batch's loss and correct count read with `.item()`, summed in Python"
+    order = 56
+    def before_fit(self): self.epochs = []
+    def before_epoch(self): self.sums = {'train': [0., 0, 0], 'test': [0., 0, 0]}
+    def after_batch(self):
+        n, sums = len(self.yb[0]), self.sums['train' if self.training else 'test']
+        correct = (self.pred.argmax(dim=-1) == self.yb[0]).sum().item()
+        for i, v in enumerate((self.loss.item() * n, correct, n)): sums[i] += v
+    def after_epoch(self): self.epochs.append(self.sums)
+
+
+def test_epoch_record_equals_the_sums_of_each_batch_read_on_its_own(dls):
+    learn, reference = _learner(dls, None), ReadEachBatch()
+    learn.fit(2, 0.05, cbs=reference)
+    assert len(learn.epoch_record.rows) == len(reference.epochs) == 2
+    for row, sums in zip(learn.epoch_record.rows, reference.epochs):
+        for split, (loss, correct, n) in sums.items():
+            assert n == (64 if split == 'train' else 32)
+            assert row[f'{split}_loss'] == pytest.approx(loss / n, rel=1e-12)
+            assert row[f'{split}_accuracy'] == correct / n
+
+
+def test_epoch_record_adds_batches_on_their_device_without_reading_them():
+    # values of `meta` tensors cannot be read: any `.item()` or `.tolist()` per batch would raise
+    record = EpochRecord()
+    record.learn = SimpleNamespace(model=torch.nn.Linear(2, 2, device='meta'))
+    record.before_epoch()
+    for split in ('train', 'train', 'valid', 'test'):
+        record.add(split, torch.ones((), device='meta'), torch.zeros(4, 10, device='meta'),
+                   torch.zeros(4, dtype=torch.long, device='meta'))
+    assert all(s.device.type == 'meta' and s.shape == (3,) for s in record.sums.values())
