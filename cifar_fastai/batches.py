@@ -92,15 +92,17 @@ def read_batch(path: Path, n_classes: int = 10) -> tuple[np.ndarray, np.ndarray]
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), y.astype(np.int64)
 
 
-def read_batches(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+def read_batches(folder: Path, test_only: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
     "`train_x, train_y, test_x, test_y, classes` from the official batches in `folder`"
+    # test_only: the training batches are not read, and the training arrays are empty
     folder = Path(folder)
     missing = [n for n in (META,) + TRAIN_BATCHES + (TEST_BATCH,) if not (folder/n).is_file()]
     if missing:
         raise Cifar10Error(f'{folder}: missing {", ".join(missing)}; the official CIFAR-10 batches are '
                            f'{_EXPECTED}: {_FIX}')
     classes = read_meta(folder/META)
-    train = [read_batch(folder/n, len(classes)) for n in TRAIN_BATCHES]
+    empty = (np.zeros((0, 32, 32, 3), np.uint8), np.zeros(0, np.int64))
+    train = [empty] if test_only else [read_batch(folder/n, len(classes)) for n in TRAIN_BATCHES]
     test_x, test_y = read_batch(folder/TEST_BATCH, len(classes))
     train_x, train_y = np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train])
     return train_x, train_y, np.ascontiguousarray(test_x), test_y, classes

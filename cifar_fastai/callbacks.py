@@ -9,6 +9,7 @@ from fastai.callback.core import Callback
 from fastai.callback.schedule import ParamScheduler
 
 from cifar_fastai.collective import all_reduce_sum, broadcast_value, is_main
+from cifar_fastai.errors import UserError
 from cifar_fastai.io import atomic_write
 
 __all__ = ['ReduceLROnPlateau', 'EpochRecord', 'TestPass', 'NonFiniteLossError', 'StopOnNonFinite', 'METRIC_COLUMNS',
@@ -76,10 +77,11 @@ class ReduceLROnPlateau(Callback):
     def state_dict(self) -> dict:
         return {k: getattr(self, k) for k in ('best', 'num_bad_epochs', 'cooldown_counter', 'last_epoch')}
 
-    def load_state_dict(self, state: dict): self.__dict__.update(state)
+    def load_state_dict(self, state: dict):
+        for k in ('best', 'num_bad_epochs', 'cooldown_counter', 'last_epoch'): setattr(self, k, state[k])
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     "The training loss became NaN or infinite"
 
 

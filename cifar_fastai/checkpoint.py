@@ -8,10 +8,13 @@ from fastai.callback.core import Callback, CancelEpochException
 from fastcore.basics import noop
 from fastcore.foundation import L
 
+from cifar_fastai.callbacks import write_metrics
 from cifar_fastai.collective import is_main, unwrap
-from cifar_fastai.io import atomic_save
+from cifar_fastai.errors import RunFileError
+from cifar_fastai.io import atomic_save, load_tensors
 
-__all__ = ['CHECKPOINT', 'Checkpoint', 'SkipEpochs', 'rng_state', 'set_rng_state', 'load_checkpoint', 'restore_checkpoint']
+__all__ = ['CHECKPOINT', 'Checkpoint', 'SkipEpochs', 'rng_state', 'set_rng_state', 'load_checkpoint', 'load_weights',
+           'restore_checkpoint']
 
 CHECKPOINT = 'checkpoint.pth'
 
@@ -50,7 +53,9 @@ class Checkpoint(Callback):
     "After each epoch, save model, optimizer, plateau state, random states and metrics to `path`/checkpoint.pth"
     order = 70  # after the epoch's record (55) and the plateau decision (60)
 
-    def __init__(self, path: Path): self.path = Path(path)
+    def __init__(self, path: Path, metrics: Path | None = None):
+        # metrics: a csv of the rows to write after the checkpoint, so that it never holds an epoch the checkpoint lacks
+        self.path, self.metrics = Path(path), metrics
 
     def after_epoch(self):
         rows = self.learn.epoch_record.rows
@@ -59,6 +64,7 @@ class Checkpoint(Callback):
         atomic_save({'epoch': len(rows), 'model': unwrap(self.model).state_dict(), 'opt': _plain(self.opt.state_dict()),
                      'plateau': _plain(self.learn.reduce_lr_on_plateau.state_dict()), 'rng': rng_state(self.learn),
                      'rows': _plain(rows), 'ema': _ema_state(self.learn)}, self.path / CHECKPOINT)
+        if self.metrics is not None: write_metrics(self.metrics, rows)
 
 
 def _ema_state(learn) -> dict | None:
@@ -89,12 +95,22 @@ def _plain(o):
     return o.item() if isinstance(o, np.generic) else o
 
 
+_FIX = ("the epochs it held cannot be recovered from it: put back a copy of the file if you have one, "
+        "or start the run again in a new folder")
+_KEYS = {'epoch': int, 'model': dict, 'opt': dict, 'plateau': dict, 'rng': dict, 'rows': list}
+
+
 def load_checkpoint(run: Path) -> dict:
-    "The last complete checkpoint of `run`, loaded onto the CPU without running code from the file"
+    "The last complete checkpoint of `run`, loaded onto the CPU without running code from the file, its parts checked"
     # the CPU: random states must be CPU tensors; `restore_checkpoint` puts the rest beside the model's tensors
     path = Path(run) / CHECKPOINT
     if not path.exists(): raise FileNotFoundError(f"{path} does not exist: {run} has no completed epoch to resume from")
-    return torch.load(path, map_location='cpu', weights_only=True)
+    state = load_tensors(path, 'a checkpoint of this package', _FIX)
+    wrong = [k for k, kind in _KEYS.items() if not isinstance(state, dict) or not isinstance(state.get(k), kind)]
+    if wrong: raise RunFileError(f"{path} is not a checkpoint of this package: it lacks {', '.join(wrong)}; {_FIX}")
+    if state['epoch'] != len(state['rows']):
+        raise RunFileError(f"{path} is inconsistent: epoch {state['epoch']} with {len(state['rows'])} rows of metrics; {_FIX}")
+    return state
 
 
 def _onto_params(opt):
@@ -104,14 +120,34 @@ def _onto_params(opt):
             if isinstance(v, torch.Tensor): state[k] = v.to(p.device, p.dtype if v.is_floating_point() else v.dtype)
 
 
-def restore_checkpoint(learn, state: dict) -> int:
+def load_weights(model: torch.nn.Module, state, path: Path, fix: str):
+    "Load the state dict `state`, read from `path`, into `model`, or say in one line how it does not fit"
+    if not (isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())):
+        raise RunFileError(f"{path} does not hold a state dict of tensors but a {type(state).__name__}; {fix}")
+    own = model.state_dict()
+    missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+    shapes = [f"{k} {tuple(state[k].shape)} for {tuple(own[k].shape)}" for k in own.keys() & state.keys()
+              if own[k].shape != state[k].shape]
+    problems = [f"{len(v)} {what} ({', '.join(v[:3])}{', ...' if len(v) > 3 else ''})" for what, v in
+                (('missing', missing), ('unexpected', unexpected), ('of another shape', shapes)) if v]
+    if problems: raise RunFileError(f"{path} does not fit this run's model: tensors {'; '.join(problems)}; {fix}")
+    model.load_state_dict(state)
+
+
+def restore_checkpoint(learn, state: dict, path: Path | None = None) -> int:
     "Load `state` into `learn` (weights, optimizer, plateau, metrics, random states, weight average); return the epochs done"
-    learn.model.load_state_dict(state['model'])
+    # path: the file `state` came from, named when it does not fit `learn`
+    path = path or CHECKPOINT
+    load_weights(learn.model, state['model'], path, _FIX)
     if learn.opt is None: learn.create_opt()
-    learn.opt.load_state_dict({'state': state['opt']['state'], 'hypers': L(state['opt']['hypers'])})
-    _onto_params(learn.opt)
-    learn.reduce_lr_on_plateau.load_state_dict(state['plateau'])
+    try:
+        learn.opt.load_state_dict({'state': state['opt']['state'], 'hypers': L(state['opt']['hypers'])})
+        _onto_params(learn.opt)
+        learn.reduce_lr_on_plateau.load_state_dict(state['plateau'])
+        if hasattr(learn, 'ema') and state.get('ema') is not None: learn.ema.load_state_dict(state['ema'])
+        set_rng_state(learn, state['rng'])
+    except (KeyError, IndexError, ValueError, TypeError, RuntimeError) as e:
+        raise RunFileError(f"{path} holds a damaged state ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                           f"{_FIX}") from e
     learn.epoch_record.rows = list(state['rows'])
-    if hasattr(learn, 'ema') and state.get('ema') is not None: learn.ema.load_state_dict(state['ema'])
-    set_rng_state(learn, state['rng'])
     return state['epoch']

@@ -53,7 +53,8 @@ def _train_options(p: argparse.ArgumentParser):
     return p
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(typed_only: bool = False) -> argparse.ArgumentParser:
+    "The command line's parser; `typed_only`: `train` leaves out the options of a run that are not typed, not defaulted"
     from cifar_fastai.run import SCHEDULES, RunConfig
     d = RunConfig()
     top = argparse.ArgumentParser(prog='cifar-fastai', description='Train and explain a CIFAR-10 ResNet18 with fastai')
@@ -72,7 +73,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument('--no-interpret', dest='interpret', action='store_false', help='skip the pictures and report at the end')
     t.add_argument('--sync-bn', action='store_true', help='synchronise batch norm across the processes of a data-parallel '
                                                           'run (CUDA only; see docs/distributed.md)')
-    t.add_argument('--resume', type=Path, metavar='RUN', help='continue run folder RUN from its last complete epoch')
+    t.add_argument('--resume', type=Path, metavar='RUN', help='continue run folder RUN from its last complete epoch, '
+                                                              'with more --epochs if it is a plateau run')
+    for action in t._actions if typed_only else []:  # argparse's list of them; `set_defaults` would convert SUPPRESS
+        if action.dest in RunConfig.__dataclass_fields__: action.default = argparse.SUPPRESS
     _train_options(sub.add_parser('lr-find', help='run only the learning-rate range test'))
     for name, text in (('evaluate', 'print test accuracy overall and per class'),
                        ('interpret', 'write the interpretation pictures and report into the run folder'),
@@ -108,13 +112,23 @@ def _default_out() -> Path: return Path('runs') / time.strftime('%Y%m%d-%H%M%S')
 def _sigterm(signum, frame): raise KeyboardInterrupt  # end like Ctrl-C: the last complete epoch is kept
 
 
-def _train(args):
+def _resumed_config(args, argv):
+    "The saved options of run `args.resume` with the changes `argv` types, or the option that contradicts the run"
+    from cifar_fastai.config import ConfigError, resume_changes, saved_config
+    if args.out is not None and args.out != args.resume:
+        raise ConfigError(f"--out {args.out} contradicts --resume {args.resume}: a run goes on in its own folder")
+    from cifar_fastai.config import RunConfig
+    typed = {k: v for k, v in vars(parser(typed_only=True).parse_args(argv)).items() if k in RunConfig.__dataclass_fields__}
+    return resume_changes(saved_config(args.resume)[0], **typed)  # before loading data: the files are checked
+
+
+def _train(args, argv):
     from fastai.torch_core import rank_distrib
     from cifar_fastai.run import read_config, train
     out = args.resume or args.out or _default_out()
-    if args.resume: read_config(args.resume)  # fail before loading data if it is not a run
+    config = _resumed_config(args, argv) if args.resume else _config(args)
     bars = sys.stdout.isatty()  # in a log file, a line per epoch instead of every progress update
-    try: learn = train(_config(args), out, resume=bool(args.resume), progress=bars)
+    try: learn = train(config, out, resume=bool(args.resume), progress=bars)
     except KeyboardInterrupt:
         sys.exit(f"\nInterrupted. {out} keeps every complete epoch; continue with: cifar-fastai train --resume {out}")
     if rank_distrib(): return  # a data-parallel run reports from rank 0 alone
@@ -164,7 +178,7 @@ def _evaluate(args):
 def _run_command(args, name):
     from cifar_fastai.evaluate import load_run
     from cifar_fastai import report
-    learn = load_run(args.run, args.data)
+    learn = load_run(args.run, args.data, train=name == 'interpret')  # its augmentation picture shows training images
     options = {k: getattr(args, k) for k in ('cam', 'faithfulness_images', 'faithfulness_steps')}
     with _bars(learn): paths = getattr(report, f'{name}_run')(learn, args.run, **options)
     for path in paths: print(f"wrote {path}")
@@ -172,19 +186,19 @@ def _run_command(args, name):
 
 def main(argv=None):
     "Entry point of `cifar-fastai`"
-    from cifar_fastai.callbacks import NonFiniteLossError
     from cifar_fastai.data import Cifar10Error
-    from cifar_fastai.run import ConfigError
+    from cifar_fastai.errors import ConfigError, UserError
     p = parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
     signal.signal(signal.SIGTERM, _sigterm)
-    commands = {'train': _train, 'lr-find': _lr_find, 'evaluate': _evaluate,
+    commands = {'train': lambda a: _train(a, argv), 'lr-find': _lr_find, 'evaluate': _evaluate,
                 'interpret': lambda a: _run_command(a, 'interpret'), 'gradcam': lambda a: _run_command(a, 'gradcam')}
     try:
         if args.command in ('train', 'lr-find') and not getattr(args, 'resume', None): _config(args).check()
         commands[args.command](args)
     except ConfigError as e: p.error(str(e))
-    except (Cifar10Error, NonFiniteLossError, OSError) as e: sys.exit(f"cifar-fastai: error: {e}")
+    except (UserError, Cifar10Error, OSError) as e: sys.exit(f"cifar-fastai: error: {e}")
 
 
 if __name__ == '__main__':

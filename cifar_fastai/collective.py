@@ -2,7 +2,7 @@
 import torch
 import torch.distributed as dist
 
-__all__ = ['in_process_group', 'is_main', 'unwrap', 'all_reduce_sum', 'broadcast_value', 'broadcast_tensors']
+__all__ = ['in_process_group', 'is_main', 'unwrap', 'all_reduce_sum', 'broadcast_value', 'broadcast_tensors', 'on_main']
 
 
 def in_process_group() -> bool: return dist.is_available() and dist.is_initialized()
@@ -38,3 +38,17 @@ def broadcast_tensors(tensors: list, src: int = 0):
     "Overwrite each of `tensors` with process `src`'s, in place; nothing outside a process group"
     if not in_process_group(): return
     for t in tensors: dist.broadcast(t, src=src)
+
+
+def on_main(fn):
+    "`fn()` run by the main process alone, its result on every process; an exception it raises, raised on every process"
+    # so that a check made on rank 0 (a folder that holds a run, a failed range test) stops every process alike,
+    # rather than leaving the others waiting for rank 0 in a collective
+    if not in_process_group(): return fn()
+    result = error = None
+    if is_main():
+        try: result = fn()
+        except Exception as e: error = e
+    result, error = broadcast_value((result, error))
+    if error is not None: raise error
+    return result

@@ -25,6 +25,7 @@ _LAYOUTS = ('either the official batches (cifar-10-batches-py/ holding data_batc
             'batches.meta, or those files themselves) or class folders of images (train/<class>/*.png and '
             'test/<class>/*.png, JPEG works too)')
 _ARRAYS = ('train_x', 'train_y', 'test_x', 'test_y')
+_EMPTY = {'train_x': np.zeros((0, 32, 32, 3), np.uint8), 'train_y': np.zeros(0, np.int64)}  # a split left unread
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -61,6 +62,20 @@ class Source(NamedTuple):
         if self.kind == 'folders': return f'class folders in {self.path}'
         if self.kind == 'sample': return 'bundled sample (50 train + 20 test images per class)'
         return f"fastai's URLs.CIFAR, downloaded to {self.path}"
+
+    @property
+    def data(self) -> str:
+        "The `--data` value (`read_cifar10`'s `source`) that reads this source again, without searching"
+        return {'sample': 'sample', 'download': 'cifar10'}.get(self.kind, str(self.path))
+
+    @classmethod
+    def from_str(cls, text: str) -> 'Source | None':
+        "The source whose description (`str`) is `text`, as a run's `config.json` records it; None if none is"
+        if text == str(cls('sample', SAMPLE)): return cls('sample', SAMPLE)
+        for kind in ('batches', 'folders', 'download'):
+            prefix = str(cls(kind, Path('.'))).removesuffix('.')  # these descriptions end with their path
+            if text.startswith(prefix) and len(text) > len(prefix): return cls(kind, Path(text[len(prefix):]))
+        return None
 
 
 def _layout(path: Path) -> Source | None:
@@ -101,13 +116,14 @@ def resolve_source(source: str | Path | None = None) -> Source:
 
 
 def read_cifar10(source: str | Path | None = None, skip_bad: bool = False, cache: bool = True,
-                 progress: bool = True) -> Cifar10:
+                 progress: bool = True, test_only: bool = False) -> Cifar10:
     "Read CIFAR-10 from `source`, a folder, 'sample', 'cifar10' or `None`; see `resolve_source`"
+    # test_only: leave the training split empty, unread (evaluating a trained model needs only the test split)
     src = resolve_source(source)
-    if src.kind == 'sample': return read_npz(src.path, source=str(src))
-    if src.kind == 'batches': return Cifar10(*read_batches(src.path), source=str(src))
+    if src.kind == 'sample': return read_npz(src.path, source=str(src), test_only=test_only)
+    if src.kind == 'batches': return Cifar10(*read_batches(src.path, test_only), source=str(src))
     root = _download() if src.kind == 'download' else src.path
-    return read_folders(root, skip_bad=skip_bad, cache=cache, progress=progress, source=str(src))
+    return read_folders(root, skip_bad=skip_bad, cache=cache, progress=progress, source=str(src), test_only=test_only)
 
 
 def _download() -> Path:
@@ -128,10 +144,11 @@ def save_npz(data: Cifar10, path: Path, compressed: bool = True):
     (np.savez_compressed if compressed else np.savez)(path, classes=np.array(data.classes, dtype=str), **arrays)
 
 
-def read_npz(path: Path, source: str | None = None) -> Cifar10:
+def read_npz(path: Path, source: str | None = None, test_only: bool = False) -> Cifar10:
     "Read a `Cifar10` saved by `save_npz` (the bundled sample is one)"
-    with np.load(path, allow_pickle=False) as z:
-        return Cifar10(*(z[k] for k in _ARRAYS), classes=[str(c) for c in z['classes']], source=source or str(path))
+    with np.load(path, allow_pickle=False) as z:  # `z[k]` reads array k alone
+        arrays = [_EMPTY[k] if test_only and k.startswith('train') else z[k] for k in _ARRAYS]
+        return Cifar10(*arrays, classes=[str(c) for c in z['classes']], source=source or str(path))
 
 
 def _class_files(folder: Path) -> dict[str, list[Path]]:
@@ -169,22 +186,31 @@ def _decode(path: Path) -> np.ndarray:
         return np.asarray(im.convert('RGB'))
 
 
+def _is_bad_image(e: Exception) -> bool:
+    "Whether `e` says that the bytes of an image cannot make a 32x32 image, rather than that they could not be read"
+    # PIL's decoding errors are `OSError`s without an errno ('image file is truncated', `UnidentifiedImageError`);
+    # the system's (permission, I/O, a vanished file) carry one and surface, as bugs do
+    if isinstance(e, OSError): return e.errno is None
+    return isinstance(e, (_WrongSize, SyntaxError, ValueError, EOFError, Image.DecompressionBombError))
+
+
 def _reason(e: Exception) -> str:
     "Why an image file could not be used, for the list of bad files"
     if isinstance(e, _WrongSize): return str(e)
     if isinstance(e, UnidentifiedImageError): return 'not an image file that PIL can read'
-    return f'unreadable image ({type(e).__name__}: {e})'
+    return f'undecodable image ({type(e).__name__}: {e})'
 
 
 def _decode_splits(paths: dict, labels: dict, progress: bool) -> dict[str, np.ndarray]:
     "Pixels and labels of the good images of each split, and a 'path: reason' line per bad file"
     # one thread: 32x32 images decode in ~0.2 ms each and a thread pool measured no faster
     arrays, bad = {}, []
-    for split in ('train', 'test'):
+    for split in paths:
         x, ok = np.zeros((len(paths[split]), 32, 32, 3), np.uint8), np.ones(len(paths[split]), bool)
         for i, path in enumerate(progress_bar(paths[split], leave=False) if progress else paths[split]):
             try: x[i] = _decode(path)
             except Exception as e:
+                if not _is_bad_image(e): raise
                 ok[i] = False
                 bad.append(f'{path}: {_reason(e)}')
         arrays.update({f'{split}_x': x[ok], f'{split}_y': labels[split][ok]})
@@ -202,17 +228,21 @@ def _check_bad(root: Path, bad: list[str], skip_bad: bool):
 
 
 def read_folders(root: Path, skip_bad: bool = False, cache: bool = True, progress: bool = True,
-                 source: str | None = None) -> Cifar10:
+                 source: str | None = None, test_only: bool = False) -> Cifar10:
     "Read the class folders `root/train/<class>/*` and `root/test/<class>/*`, through a cache of the decoded arrays"
+    # test_only: the training split is left empty; without a cache only the test images are decoded (and not cached)
     root = Path(os.path.abspath(root))
     classes, paths, labels = _list_images(root)
     fingerprint = _fingerprint(root, paths['train'] + paths['test'])
-    arrays = _read_cache(root, fingerprint) if cache else None
+    splits = ('test',) if test_only else ('train', 'test')
+    arrays = _read_cache(root, fingerprint, splits) if cache else None
     if arrays is None:
-        arrays = _decode_splits(paths, labels, progress)
-        if cache: _write_cache(root, dict(arrays, classes=np.array(classes, dtype=str)), fingerprint)
-    _check_bad(root, arrays['bad'].tolist(), skip_bad)
-    return Cifar10(*(arrays[k] for k in _ARRAYS), classes=classes, source=source or f'class folders in {root}')
+        arrays = _decode_splits({s: paths[s] for s in splits}, labels, progress)
+        if cache and not test_only: _write_cache(root, dict(arrays, classes=np.array(classes, dtype=str)), fingerprint)
+    bad = [b for b in arrays['bad'].tolist() if not test_only or b.startswith(f'{root/"test"}{os.sep}')]
+    _check_bad(root, bad, skip_bad)
+    return Cifar10(*(arrays.get(k, _EMPTY.get(k)) for k in _ARRAYS), classes=classes,
+                   source=source or f'class folders in {root}')
 
 
 def cache_dir() -> Path:
@@ -235,14 +265,14 @@ def _fingerprint(root: Path, paths: list[Path]) -> str:
     return h.hexdigest()
 
 
-def _read_cache(root: Path, fingerprint: str) -> dict | None:
-    "The arrays cached for `root` if a cache matches `fingerprint`; unreadable caches are reported and ignored"
+def _read_cache(root: Path, fingerprint: str, splits=('train', 'test')) -> dict | None:
+    "The arrays of `splits` cached for `root` if a cache matches `fingerprint`; unreadable caches are reported and ignored"
     for path in filter(Path.is_file, _cache_paths(root)):
         try:
             with np.load(path, allow_pickle=False) as z:
                 if str(z['fingerprint']) != fingerprint: continue
-                arrays = {k: z[k] for k in _ARRAYS + ('bad',)}
-            for split in ('train', 'test'):  # a cache that loads but holds the wrong shapes is corrupt too
+                arrays = {k: z[k] for k in _ARRAYS + ('bad',) if k == 'bad' or k.split('_')[0] in splits}
+            for split in splits:  # a cache that loads but holds the wrong shapes is corrupt too
                 x, y = arrays[f'{split}_x'], arrays[f'{split}_y']
                 if x.dtype != np.uint8 or x.shape[1:] != (32, 32, 3) or y.shape != x.shape[:1]:
                     raise ValueError(f'{split} arrays have shapes {x.shape} and {y.shape}')

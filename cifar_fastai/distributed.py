@@ -1,5 +1,6 @@
 "Data-parallel training through fastai's Accelerate integration: nccl between CUDA devices, gloo between CPU processes"
 import os
+import re
 from contextlib import contextmanager, nullcontext
 
 import torch
@@ -8,9 +9,9 @@ from fastai.learner import Learner
 from fastai.torch_core import rank_distrib
 from torch import nn
 
-from cifar_fastai.collective import broadcast_value
+from cifar_fastai.collective import broadcast_value, unwrap
+from cifar_fastai.errors import ConfigError, PeerFailedError
 from cifar_fastai.loaders import AsyncCopy
-from cifar_fastai.run import ConfigError
 from cifar_fastai.transforms import AlbumentationsTransform
 
 try: from fastai.distributed import DistributedDL, DistributedTrainer
@@ -18,7 +19,7 @@ except (ImportError, NameError) as e:  # fastai.distributed names accelerate's `
     raise ImportError("Data-parallel training needs Hugging Face Accelerate: pip install accelerate") from e
 
 __all__ = ['start_process_group', 'broadcast_value', 'single_process', 'CollectiveDL',
-           'DataParallelTrainer', 'data_parallel', 'seed_by_rank', 'revert_sync_batchnorm']
+           'DataParallelTrainer', 'fail_together', 'data_parallel', 'seed_by_rank', 'revert_sync_batchnorm']
 
 
 def _check_sync_bn(sync_bn: bool):
@@ -78,8 +79,39 @@ class DataParallelTrainer(DistributedTrainer):
     def _wrap_dl(self, dl): return dl if isinstance(dl, DistributedDL) else CollectiveDL(dl, device=self.learn.model.device)
 
     def after_fit(self):
-        super().after_fit()
+        # fastai's takes `model.module`, which fails when `after_cancel_fit` has already unwrapped it
+        self.learn.model = unwrap(self.learn.model)
+        if hasattr(self, 'old_dls'): self.learn.dls.loaders = self.old_dls
         if self.sync_bn: self.learn.model = revert_sync_batchnorm(self.learn.model)
+
+    def after_cancel_fit(self): self.after_fit()  # a fit ended by an exception leaves the model and loaders as they were
+
+
+@contextmanager
+def fail_together():
+    "In the block, an error on this process ends the others at once, instead of leaving them waiting in a collective"
+    # Leaving the process group makes the others' pending and next gloo collectives fail within a second; those that
+    # fail so raise `PeerFailedError`. nccl's collectives do not notice: there torchrun stops the other processes.
+    # Ctrl-C reaches every process of a launch, so a `KeyboardInterrupt` leaves the group as it is.
+    try: yield
+    except Exception as e:
+        lost = _lost_peer(e)
+        dist.destroy_process_group()
+        if not lost: raise
+        raise PeerFailedError(f"process {rank_distrib()} stops: another process of this data-parallel run failed "
+                              f"({_gist(e)}); its own message says why") from e
+
+
+def _lost_peer(e: Exception) -> bool:
+    "Whether `e` is a collective failing because another process left the group"
+    # gloo's words, e.g. 'Connection closed by peer [127.0.0.1]:5863' (third_party/gloo/gloo/transport/tcp/pair.cc)
+    return isinstance(e, dist.DistError) or any(w in str(e) for w in ('closed by peer', 'reset by peer', 'Broken pipe'))
+
+
+def _gist(e: Exception) -> str:
+    "What `e` says happened: its last line, without gloo's source location and advice"
+    line = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip()
+    return re.sub(r'^\[[^\]]*\]\s*', '', line).split('. ')[0]
 
 
 @contextmanager

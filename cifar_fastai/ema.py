@@ -60,6 +60,10 @@ class EMA(Callback):
         for t, s in zip(_tensors(self.model), self.live): t.copy_(s)
         self.live = None
 
+    def after_cancel_fit(self):
+        "A fit stopped by an exception: the live weights go back into the model, the average stays for a later fit"
+        self.after_validate()  # no collective here: the other processes of a data-parallel run may be gone
+
     @torch.no_grad()
     def after_fit(self):
         "The model keeps the average; a later fit starts a new one from it"
@@ -72,5 +76,8 @@ class EMA(Callback):
 
     def load_state_dict(self, state: dict):
         "Put back `state`, its average onto the device and in the dtype of the model's tensors"
+        own = _tensors(self.model) if self.learn is not None else None
+        if own is not None and [a.shape for a in state['avg']] != [t.shape for t in own]:
+            raise ValueError("the saved weight average does not fit the model")
         self.decay, self.every, self.n = state['decay'], state.get('every', 1), state['n']
         self.avg = [a.to(t, copy=True) for a, t in zip(state['avg'], _tensors(self.model), strict=True)]

@@ -6,10 +6,15 @@ import torch
 from fastai.callback.core import Callback
 from fastai.learner import Learner
 
+from cifar_fastai.checkpoint import load_weights
+from cifar_fastai.config import saved_config
+from cifar_fastai.io import load_tensors
 from cifar_fastai.loaders import ds_idx_of_test
-from cifar_fastai.run import WEIGHTS, RunConfig, read_config, run_dls, run_learner
+from cifar_fastai.run import WEIGHTS, recorded_data, run_dls, run_learner
 
 __all__ = ['Predictions', 'FlipBatch', 'predict', 'class_accuracy', 'format_accuracy', 'load_run']
+
+_FIX = 'train the run again, or put back a copy of the file'
 
 
 @dataclass
@@ -53,13 +58,15 @@ def format_accuracy(p: Predictions) -> str:
     return '\n'.join(lines + [f"Accuracy on the {len(p.targets)} test images: {100 * p.accuracy:.2f} %"])
 
 
-def load_run(run, data=None) -> Learner:
+def load_run(run, data=None, train: bool = False) -> Learner:
     "A `Learner` with the trained weights of run folder `run` (a plain `state_dict`, loaded with `weights_only`)"
+    # data: where to read the images instead of the data the run recorded; train: read the training split too (the
+    # augmentation picture shows training images), which evaluating does not need
     run = Path(run)
-    config = RunConfig.from_dict(read_config(run))
-    if data is not None: config.data = data
-    learn = run_learner(run_dls(config), config, run)
+    config, record = saved_config(run)
     weights = run / WEIGHTS
     if not weights.is_file(): raise FileNotFoundError(f"{weights} does not exist: the run has not finished training")
-    learn.model.load_state_dict(torch.load(weights, map_location=learn.dls.device, weights_only=True))
+    state = load_tensors(weights, "a weights file (a plain state dict)", _FIX)
+    learn = run_learner(run_dls(config, data=data or recorded_data(record), test_only=not train), config, run)
+    load_weights(learn.model, state, weights, _FIX)
     return learn

@@ -1,29 +1,41 @@
-"Files that are either whole or absent: atomic writes, and a clear error for a folder that cannot be written"
+"Files that are either whole or absent: atomic writes, tensor files loaded without running code, writable folders"
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-__all__ = ['atomic_write', 'atomic_save', 'ensure_writable_dir']
+from cifar_fastai.errors import RunFileError
+
+__all__ = ['atomic_path', 'atomic_write', 'atomic_save', 'remove_temporaries', 'load_tensors', 'ensure_writable_dir']
+
+_TMP = re.compile(r'\..+\.[a-z0-9_]{8}\.tmp')  # `atomic_path`'s temporaries: `mkstemp`'s 8 random characters
 
 
 @contextmanager
-def atomic_write(path, mode: str = 'wb', **kwargs):
-    "Open a temporary file beside `path`; on success flush, fsync and rename it over `path`, else remove it"
+def atomic_path(path):
+    "A temporary file beside `path` to write by name; on success it is fsynced and renamed over `path`, else removed"
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode, **kwargs) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try: os.fsync(fd)
+        finally: os.close(fd)
         os.chmod(tmp, 0o666 & ~_umask())  # `mkstemp` makes 0600 files; give the mode `open` would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_write(path, mode: str = 'wb', **kwargs):
+    "Open a temporary file beside `path`; on success flush, fsync and rename it over `path`, else remove it"
+    with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as f: yield f
 
 
 def _umask() -> int:
@@ -38,6 +50,28 @@ def atomic_save(obj, path):
         with atomic_write(path) as f: torch.save(obj, f)
     except OSError as e:
         raise OSError(e.errno, f"Could not write {path}: {e.strerror}; the previous version, if any, is intact") from e
+
+
+def remove_temporaries(folder) -> list[Path]:
+    "Remove what killed processes left of `atomic_path`'s writes in `folder`; the paths removed"
+    found = [p for p in Path(folder).glob('.*.tmp') if _TMP.fullmatch(p.name)]
+    for p in found: p.unlink(missing_ok=True)
+    return found
+
+
+def load_tensors(path, what: str, fix: str, map_location='cpu'):
+    "`torch.load` the file `path` (`what` it should be) without running code from it, or say in one line why not"
+    # fix: what to do when the file is refused. Errors of the disk itself (`OSError`) surface as they are.
+    path = Path(path)
+    try: return torch.load(path, map_location=map_location, weights_only=True)
+    except OSError: raise
+    except Exception as e:
+        lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+        detail = next((l for l in lines if 'unsupported' in l.lower()), lines[0] if lines else 'the file ends early')
+        detail = detail.split('. ')[0].rstrip('.')  # torch's first sentence says it; the rest is advice for its users
+        reason = (f'loading it would run code ({detail})' if 'GLOBAL' in detail else
+                  f'it is damaged or was not written by torch.save ({type(e).__name__}: {detail})')
+        raise RunFileError(f"{path} is not {what}: {reason}; {fix}") from e
 
 
 def ensure_writable_dir(path) -> Path:

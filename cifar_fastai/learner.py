@@ -7,10 +7,11 @@ from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
 from fastai.optimizer import SGD
-from fastai.torch_core import TensorImage
+from fastai.torch_core import TensorImage, rank_distrib
 
 from cifar_fastai.callbacks import EpochRecord, ReduceLROnPlateau, StopOnNonFinite, TestPass
 from cifar_fastai.ema import EMA
+from cifar_fastai.io import atomic_path
 from cifar_fastai.loaders import ArrayImage
 from cifar_fastai.models import resnet18
 from cifar_fastai.precision import DTYPES, Autocast, ChannelsLast, resolve_precision
@@ -21,7 +22,17 @@ WD_MODES = ('l2', 'decoupled')
 
 
 class CifarLearner(Learner):
-    "A fastai `Learner` whose `lr_find` also puts back the optimizer's hyper-parameters, and that predicts files"
+    "A fastai `Learner` that cleans up after a failed fit, restores the rates after `lr_find`, and predicts files"
+    def fit(self, n_epoch, lr=None, wd=None, cbs=None, reset_opt=False, start_epoch=0):
+        "fastai's `fit`; when an exception ends it, callbacks put back what they changed in `after_cancel_fit`"
+        # fastai fires `after_cancel_fit` (then `after_fit`) for a `CancelFitException` alone: any other exception,
+        # a NaN stop or Ctrl-C, leaves the fit with no event at all (`Learner._with_events` has no `finally`)
+        with self.added_cbs(cbs):  # added here rather than by fastai's `fit`, so that they are there to clean up
+            try: return super().fit(n_epoch, lr=lr, wd=wd, reset_opt=reset_opt, start_epoch=start_epoch)
+            except BaseException:
+                self('after_cancel_fit')
+                raise
+
     def lr_find(self, *args, **kwargs):
         # fastai's finder restores weights and optimizer state from a saved copy, but that copy is taken after
         # `fit` has reset the learning rate to `learn.lr`, so the rate in use before the test would be lost.
@@ -30,11 +41,12 @@ class CifarLearner(Learner):
         finally:
             for h, saved in zip(self.opt.hypers if hypers else [], hypers or []): h.update(saved)
 
-
     def export(self, fname='export.pkl', **kwargs):
-        "fastai's `export`, without the data set's pixels (loader workers, which also pickle, keep them)"
+        "fastai's `export`, written atomically, without the data set's pixels (loader workers, which also pickle, keep them)"
+        if rank_distrib(): return  # as fastai's: one process of a data-parallel run writes it
         ArrayImage.exporting = True
-        try: return super().export(fname, **kwargs)
+        try:
+            with atomic_path(self.path / fname) as tmp: return super().export(tmp, **kwargs)  # `path / tmp` is `tmp`
         finally: ArrayImage.exporting = False
 
     def predict(self, item, rm_type_tfms=None, with_input=False):

@@ -42,6 +42,7 @@ class Autocast(Callback):
     def after_loss(self): self._exit()
     def after_cancel_batch(self): self._exit()
     def after_fit(self): self._exit()
+    def after_cancel_fit(self): self._exit()  # an exception between `before_batch` and `after_loss` (a NaN stop)
 
     def _exit(self):
         if self.ctx is not None: self.ctx.__exit__(None, None, None)

@@ -2,125 +2,53 @@
 import json
 import os
 import platform
-import time
 from contextlib import ExitStack, nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import fastai
 import torch
-from fastai.callback.schedule import minimum, slide, steep, valley
 from fastai.learner import Learner
 from fastai.torch_core import num_distrib, rank_distrib
 from fastcore.basics import noop
 
-from cifar_fastai.checkpoint import Checkpoint, SkipEpochs, load_checkpoint, restore_checkpoint
+from cifar_fastai.callbacks import write_metrics
+from cifar_fastai.checkpoint import CHECKPOINT, Checkpoint, SkipEpochs, load_checkpoint, restore_checkpoint
+from cifar_fastai.collective import on_main
+from cifar_fastai.config import (CONFIG, CONFIG_FORMAT, LR_SUGGESTIONS, RESUME_CHANGES, SCHEDULES, ConfigError, RunConfig,
+                                 check_resume, read_config, saved_config)
+from cifar_fastai.data import Source, read_cifar10
 from cifar_fastai.ema import EMA
-from cifar_fastai.io import atomic_save, atomic_write, ensure_writable_dir
-from cifar_fastai.learner import WD_MODES, cifar_learner
+from cifar_fastai.io import atomic_save, atomic_write, ensure_writable_dir, remove_temporaries
+from cifar_fastai.learner import cifar_learner
 from cifar_fastai.loaders import cifar_dls, ds_idx_of_test
-from cifar_fastai.precision import PRECISIONS
-from cifar_fastai.recipe import WarmupAnneal, budget_defaults
+from cifar_fastai.recipe import WarmupAnneal
 from cifar_fastai.transforms import cifar_augs
 
-__all__ = ['SCHEDULES', 'RunConfig', 'ConfigError', 'train', 'find_lr', 'run_dls', 'run_learner', 'read_config']
+__all__ = ['SCHEDULES', 'RunConfig', 'ConfigError', 'train', 'find_lr', 'run_dls', 'run_learner', 'read_config',
+           'recorded_data']
 
-SCHEDULES = ('plateau', 'one-cycle')
-# fastai's suggestion rules; 'minimum' (a tenth of the lowest-loss rate) is the default: on full CIFAR-10 with
-# SGD + momentum 0.9 'valley' picked 1e-3 where the loss kept falling to 5e-2 (lr_find.png of a 5-epoch run)
-LR_SUGGESTIONS = {'valley': valley, 'slide': slide, 'minimum': minimum, 'steep': steep}
-CONFIG, METRICS, WEIGHTS, EXPORT, LR_PLOT = 'config.json', 'metrics.csv', 'model.pth', 'export.pkl', 'lr_find.png'
+METRICS, WEIGHTS, EXPORT, LR_PLOT = 'metrics.csv', 'model.pth', 'export.pkl', 'lr_find.png'
 
 
-class ConfigError(ValueError):
-    "An option of a run is out of range"
+def recorded_data(record: dict) -> str | None:
+    "The `--data` that reads the data a run read again, from its `config.json` `record`: the source it found if it searched"
+    # 'data_source' names an absolute path, where 'data' may be relative to where the run started
+    found = Source.from_str(record.get('data_source', ''))
+    return found.data if found else record.get('data')
 
 
-@dataclass
-class RunConfig:
-    "Every option of a training run, as written to `config.json`"
-    data: str | None = None         # path, 'sample', 'cifar10', or None: full CIFAR-10 if found, else the sample
-    valid_pct: float = 0.           # share of each class of train held out to validate on (the plateau watches it);
-                                    # 0: the test split validates, as the reports and fastai's CIFAR examples do
-    epochs: int = 50                # as the reference reports
-    bs: int = 64                    # twice the steps per epoch of 128, for 5% less throughput on a CPU
-    lr: float | str = 'find'        # a number, or 'find' for the suggestion of `lr_find`
-    lr_suggestion: str = 'minimum'  # which of fastai's `lr_find` suggestions 'find' uses
-    lr_find_iters: int = 300        # batches of the range test: 'minimum' varied 1.2x over 4 seeds, 3x at fastai's 100
-    lr_mult: float | None = None    # 'find' trains at this times the suggestion; None: by the budget (`budget_defaults`)
-    momentum: float = 0.9
-    wd: float = 5e-4
-    wd_mode: str = 'l2'             # 'l2': added to the gradient, as the reports; or 'decoupled'
-    label_smoothing: float = 0.     # torch's `CrossEntropyLoss(label_smoothing=...)`; 0: plain cross-entropy, as the reports
-    ema: float = 0.998              # decay per step of the weight average that is tested and kept; 0: none, as the reports
-    ema_every: int = 4              # steps between updates of the average (each one costs ~3% of a step)
-    schedule: str = 'plateau'       # ReduceLROnPlateau on the validation loss, or fastai's 'one-cycle'
-    warmup: float | None = None     # plateau: share of the steps the rate ramps up over; None: by the budget
-    anneal: float | None = None     # plateau: share of the steps at the end it decays to 0 over; None: by the budget
-    plateau_factor: float = 0.1     # torch's ReduceLROnPlateau defaults, but for the patience
-    plateau_patience: int | None = None  # None: by the budget, a tenth of the epochs
-    plateau_threshold: float = 1e-4  # torch's; 0.1 made the plateau cut after epoch 4 but cost 0.5 points at epoch 5 with EMA
-    plateau_cooldown: int = 0
-    plateau_min_lr: float = 0.
-    pad: int | None = None          # reflection padding before a random 32x32 crop, 0 for none; None: by the budget
-    flip: bool = True
-    cutout: int = 16                # side of the square hole in pixels; 0: no cutout
-    cutout_p: float = 0.5
-    precision: str = 'auto'
-    channels_last: bool = True
-    seed: int | None = 42
-    workers: int | None = None      # loader processes; None: 0 on CPU, a few beside a GPU
-    skip_bad: bool = False
-    interpret: bool = True          # write the pictures and report.md at the end
-    sync_bn: bool = False           # nn.SyncBatchNorm across the processes of a data-parallel run (CUDA only)
-
-    def __post_init__(self):
-        "Fill the options left as None from the budget's rule"
-        if not isinstance(self.epochs, int): return  # `check` names the bad value
-        for name, value in budget_defaults(self.epochs, self.schedule).items():
-            if getattr(self, name) is None: setattr(self, name, value)
-
-    def check(self) -> 'RunConfig':
-        "Raise `ConfigError` naming the first option out of range"
-        for name in ('epochs', 'bs', 'lr_find_iters', 'ema_every'):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise ConfigError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {v!r}")
-        if self.lr != 'find' and not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ConfigError(f"--lr must be a positive number or 'find', got {self.lr!r}")
-        for name, allowed in (('precision', PRECISIONS), ('schedule', SCHEDULES), ('wd_mode', WD_MODES),
-                              ('lr_suggestion', tuple(LR_SUGGESTIONS))):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        if not self.lr_mult > 0: raise ConfigError(f"--lr-mult must be a positive number, got {self.lr_mult!r}")
-        for name in ('momentum', 'wd', 'cutout_p', 'plateau_min_lr'):
-            if getattr(self, name) < 0: raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)!r}")
-        for name in ('label_smoothing', 'ema', 'valid_pct'):
-            if not 0 <= getattr(self, name) < 1: raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)!r}")
-        if not (isinstance(self.plateau_patience, int) and self.plateau_patience >= 0):
-            raise ConfigError(f"--plateau-patience must be a whole number >= 0, got {self.plateau_patience!r}")
-        if not 0 < self.plateau_factor < 1: raise ConfigError(f"--plateau-factor must be in (0, 1), got {self.plateau_factor!r}")
-        try: WarmupAnneal(self.warmup, self.anneal)
-        except ValueError as e: raise ConfigError(f"--warmup/--anneal: {e}") from None
-        return self
-
-    @classmethod
-    def from_dict(cls, d: dict) -> 'RunConfig':
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-
-def read_config(run) -> dict:
-    "The `config.json` of run folder `run`, or an error saying it is not a run"
-    path = Path(run) / CONFIG
-    if not path.is_file(): raise ConfigError(f"{run} is not a run folder: it has no {CONFIG}")
-    return json.loads(path.read_text())
-
-
-def run_dls(config: RunConfig, **kwargs):
-    "The `DataLoaders` of `config`: its data, batch size, augmentation and seed"
+def run_dls(config: RunConfig, data: str | None = None, test_only: bool = False, progress: bool = True, **kwargs):
+    "The `DataLoaders` of `config`: its data (or `data`), batch size, augmentation and seed"
+    # test_only: for predicting the test split, read it alone; fastai's loaders cannot be made without training
+    # images, so the test images stand in for them (and nothing is held out of them)
+    cifar = read_cifar10(config.data if data is None else data, skip_bad=config.skip_bad, progress=progress,
+                         test_only=test_only)
+    if test_only: cifar = replace(cifar, train_x=cifar.test_x, train_y=cifar.test_y)
     augs = cifar_augs(pad=config.pad, flip=config.flip, cutout=config.cutout, cutout_p=config.cutout_p)
-    return cifar_dls(config.data, bs=config.bs, augs=augs, seed=config.seed, num_workers=config.workers,
-                     valid_pct=config.valid_pct, **kwargs)
+    return cifar_dls(cifar, bs=config.bs, augs=augs, seed=config.seed, num_workers=config.workers,
+                     valid_pct=0. if test_only else config.valid_pct, **kwargs)
 
 
 def run_learner(dls, config: RunConfig, path: Path) -> Learner:
@@ -195,7 +123,11 @@ def _write_config(run: Path, config: RunConfig, learn: Learner, lr: float, dls, 
               'precision_used': learn.precision, 'device': str(dls.device), 'data_source': dls.data.source,
               'classes': list(dls.vocab), 'n_train': len(dls.train_ds), 'n_valid': len(dls.valid_ds) if config.valid_pct else 0,
               'n_test': len(dls[ds_idx_of_test(dls)].dataset),
-              'processes': max(num_distrib(), 1), **_versions()}
+              'processes': max(num_distrib(), 1), **_versions(), 'format': CONFIG_FORMAT}
+    _write_record(run, record)
+
+
+def _write_record(run: Path, record: dict):
     with atomic_write(run / CONFIG, 'w') as f: json.dump(record, f, indent=2)
 
 
@@ -208,15 +140,14 @@ def _launch(config: RunConfig, out):
 
 
 def _find_lr_on_main(learn: Learner, run: Path, config: RunConfig, parallel) -> dict:
-    "`find_lr` in one process, or on rank 0 alone with its result sent to every process"
+    "`find_lr` in one process, or on rank 0 alone with its result (or its error) sent to every process"
     find = lambda: find_lr(learn, run / LR_PLOT, config.lr_suggestion, config.lr_find_iters, config.lr_mult)
     if parallel is None: return find()
-    with parallel.single_process(): found = None if rank_distrib() else find()
-    return parallel.broadcast_value(found)
+    with parallel.single_process(): return on_main(find)
 
 
 def _fit(learn: Learner, config: RunConfig, lr, run: Path, start_epoch: int = 0, cbs=None, parallel=None):
-    cbs = [Checkpoint(run), SkipEpochs(start_epoch)] + list(cbs or [])
+    cbs = [Checkpoint(run, metrics=run / METRICS), SkipEpochs(start_epoch)] + list(cbs or [])
     with parallel.data_parallel(learn, config.sync_bn) if parallel else nullcontext():
         if config.schedule == 'one-cycle': learn.fit_one_cycle(config.epochs, lr_max=lr, cbs=cbs)
         else: learn.fit(config.epochs, lr=lr, cbs=cbs)
@@ -227,11 +158,50 @@ def _save_final(learn: Learner, run: Path):
     learn.export(EXPORT)  # fastai writes it under `learn.path`, which is `run`
 
 
-def _resume(learn: Learner, run: Path, config: RunConfig, log) -> tuple:
-    "Put `run`'s last checkpoint into `learn`: the epochs done and the learning rate to go on with"
-    done = restore_checkpoint(learn, load_checkpoint(run))
-    log(f"Resuming {run} after epoch {done} of {config.epochs}")
-    return done, read_config(run)['lr_used'] if config.schedule == 'one-cycle' else [h['lr'] for h in learn.opt.hypers]
+class _Saved(NamedTuple):
+    "What a run folder holds to go on from: its options, all its `config.json`, its last checkpoint (None before one)"
+    config: RunConfig
+    record: dict
+    state: dict | None
+
+
+def _saved_run(run: Path, config: RunConfig | None) -> _Saved:
+    "The run in `run`, to go on with `config` (None: as saved), every file checked before anything is written"
+    saved, record = saved_config(run)
+    config = saved if config is None else check_resume(saved, config)
+    state = load_checkpoint(run) if (run / CHECKPOINT).exists() else None
+    if state and config.epochs < state['epoch']:
+        raise ConfigError(f"--epochs {config.epochs}: {run} has trained {state['epoch']} epochs already; "
+                          f"leave --epochs out to finish it, or give more")
+    return _Saved(config, record, state)
+
+
+def _resume(learn: Learner, run: Path, saved: _Saved, log) -> tuple:
+    "Put `saved`'s checkpoint into `learn` (none: start again as saved), and `run`'s files in agreement with it"
+    config, state = saved.config, saved.state
+    done = restore_checkpoint(learn, state, run / CHECKPOINT) if state else 0
+    if not rank_distrib(): _tidy(run, learn.epoch_record.rows, saved)
+    longer = f" (extended from {saved.record['epochs']})" if config.epochs != saved.record['epochs'] else ''
+    log(f"Resuming {run} after epoch {done} of {config.epochs}{longer}" if state else
+        f"{run} has no complete epoch: starting it again with its saved options and learning rate")
+    if state is None or config.schedule == 'one-cycle': return done, saved.record['lr_used']
+    return done, [h['lr'] for h in learn.opt.hypers]
+
+
+def _tidy(run: Path, rows: list, saved: _Saved):
+    "Make the files of `run` agree with the checkpoint it goes on from: no temporaries, its epochs' metrics, its options"
+    remove_temporaries(run)
+    if rows: write_metrics(run / METRICS, rows)
+    else: (run / METRICS).unlink(missing_ok=True)  # epochs recorded after the last checkpoint are trained again
+    changed = {k: getattr(saved.config, k) for k in RESUME_CHANGES if saved.record.get(k) != getattr(saved.config, k)}
+    if changed: _write_record(run, saved.record | changed)
+
+
+def _claim(run: Path):
+    "Make `run` the folder of a new run: refuse one that holds a run, remove what a start killed before any epoch left"
+    if (run / CONFIG).exists():
+        raise ConfigError(f"{run} already holds a run: continue it with --resume {run}, or choose another --out")
+    remove_temporaries(run)
 
 
 def _start(learn: Learner, run: Path, config: RunConfig, parallel, log) -> tuple:
@@ -251,25 +221,32 @@ def _quiet(learn: Learner) -> ExitStack:
     return stack
 
 
-def train(config: RunConfig, out, resume: bool = False, cbs=None, log=print, progress: bool = True) -> Learner:
-    "Train as `config` says in run folder `out` (or continue it when `resume`); return the `Learner`"
+def _learner(config: RunConfig, run: Path, saved: _Saved | None, progress: bool, log) -> Learner:
+    "The `Learner` of `config` in `run`, on the data a resumed run read; a `log` line per epoch unless `progress`"
+    dls = run_dls(config, data=recorded_data(saved.record) if saved else None, progress=progress)
+    held_out = f", {len(dls.valid_ds)} held out to validate" if config.valid_pct else ''
+    log(f"Data: {dls.data.source}: {len(dls.train_ds)} train{held_out} and {len(dls[ds_idx_of_test(dls)].dataset)} test images")
+    learn = run_learner(dls, config, run)
+    learn.epoch_record.log = None if progress else log
+    return learn
+
+
+def train(config: RunConfig | None, out, resume: bool = False, cbs=None, log=print, progress: bool = True) -> Learner:
+    "Train as `config` says in run folder `out`, or go on with the run in `out` when `resume`; return the `Learner`"
+    # resume: `config` None goes on as the run was saved, else it may differ from it in `RESUME_CHANGES` alone
     # progress=False: no fastai bars (a log file would get every update), a `log` line per epoch instead
-    config.check()
+    saved = _saved_run(Path(out), config) if resume else None
+    config = (saved.config if saved else config).check()
     parallel, out = _launch(config, out)
     main = not rank_distrib()  # only rank 0 of a data-parallel run writes and logs
     log = log if main else noop
     run = (ensure_writable_dir(out) if main else Path(out)).absolute()  # `learn.path`: fastai joins names to it
-    if resume: config = RunConfig.from_dict(read_config(run))
-    elif main and (run / CONFIG).exists():
-        raise ConfigError(f"{run} already holds a run: continue it with --resume {run}, or choose another --out")
-    dls = run_dls(config, progress=progress)
-    held_out = f", {len(dls.valid_ds)} held out to validate" if config.valid_pct else ''
-    log(f"Data: {dls.data.source}: {len(dls.train_ds)} train{held_out} and {len(dls[ds_idx_of_test(dls)].dataset)} test images")
-    learn = run_learner(dls, config, run)
-    learn.epoch_record.csv_path, learn.epoch_record.log = run / METRICS, None if progress else log
-    with nullcontext() if progress else _quiet(learn):
-        done, lr = _resume(learn, run, config, log) if resume else _start(learn, run, config, parallel, log)
-        log(f"Training {config.epochs - done} epochs, precision {learn.precision}, schedule {config.schedule}")
-        _fit(learn, config, lr, run, start_epoch=done, cbs=cbs, parallel=parallel)
-    if main: _save_final(learn, run)
+    if not resume: on_main(lambda: _claim(run))  # every process stops if rank 0 refuses the folder
+    with parallel.fail_together() if parallel else nullcontext():
+        learn = _learner(config, run, saved, progress, log)
+        with nullcontext() if progress else _quiet(learn):
+            done, lr = _resume(learn, run, saved, log) if resume else _start(learn, run, config, parallel, log)
+            log(f"Training {config.epochs - done} epochs, precision {learn.precision}, schedule {config.schedule}")
+            _fit(learn, config, lr, run, start_epoch=done, cbs=cbs, parallel=parallel)
+        if main: _save_final(learn, run)
     return learn

@@ -1,9 +1,10 @@
-"Test helpers: tiny synthetic CIFAR-shaped data, a callback that interrupts a fit like Ctrl-C, the scripts as modules"
+"Test helpers: tiny synthetic CIFAR-shaped data, a tiny model, a callback that interrupts a fit like Ctrl-C, the scripts as modules"
 import importlib.util
 from pathlib import Path
 
 import numpy as np
 from fastai.callback.core import Callback
+from torch import nn
 
 from cifar_fastai.data import Cifar10
 
@@ -19,6 +20,12 @@ def synthetic_cifar(n_train: int = 64, n_test: int = 32, seed: int = 0) -> Cifar
         return x, y
     (trx, try_), (tex, tey) = split(n_train), split(n_test)
     return Cifar10(trx, try_, tex, tey, CLASSES, 'synthetic')
+
+
+def tiny_model(n_out: int = 10) -> nn.Module:
+    "A model of a few hundred weights with batch norm, in place of the ResNet18 where a test is about files, not accuracy"
+    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, n_out))
 
 
 class InterruptAfter(Callback):

@@ -1,0 +1,167 @@
+"The options of a training run (`RunConfig`), checked, and as a run folder's `config.json` keeps them"
+import json
+import typing
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+from fastai.callback.schedule import minimum, slide, steep, valley
+
+from cifar_fastai.errors import ConfigError, RunFileError
+from cifar_fastai.learner import WD_MODES
+from cifar_fastai.precision import PRECISIONS
+from cifar_fastai.recipe import WarmupAnneal, budget_defaults
+
+__all__ = ['SCHEDULES', 'LR_SUGGESTIONS', 'CONFIG', 'CONFIG_FORMAT', 'ADDED_LATER', 'RESUME_CHANGES',
+           'RunConfig', 'ConfigError', 'read_config', 'saved_config', 'check_resume', 'resume_changes']
+
+SCHEDULES = ('plateau', 'one-cycle')
+# fastai's suggestion rules; 'minimum' (a tenth of the lowest-loss rate) is the default: on full CIFAR-10 with
+# SGD + momentum 0.9 'valley' picked 1e-3 where the loss kept falling to 5e-2 (lr_find.png of a 5-epoch run)
+LR_SUGGESTIONS = {'valley': valley, 'slide': slide, 'minimum': minimum, 'steep': steep}
+CONFIG = 'config.json'
+CONFIG_FORMAT = 1  # layout of config.json; a version of the package that this one would misread raises it
+# options added after the first runs, with the value that gives the behaviour of the runs saved before them
+ADDED_LATER = dict(lr_find_iters=100, lr_mult=1., label_smoothing=0., ema=0., ema_every=1, sync_bn=False, valid_pct=0.,
+                   warmup=0., anneal=0.)
+RESUME_CHANGES = ('epochs', 'interpret')  # what `--resume` may change; every other option is the saved run's
+_FIX = 'put back a copy of the file, or start a new run'
+
+
+@dataclass
+class RunConfig:
+    "Every option of a training run, as written to `config.json`"
+    data: str | None = None         # path, 'sample', 'cifar10', or None: full CIFAR-10 if found, else the sample
+    valid_pct: float = 0.           # share of each class of train held out to validate on (the plateau watches it);
+                                    # 0: the test split validates, as the reports and fastai's CIFAR examples do
+    epochs: int = 50                # as the reference reports
+    bs: int = 64                    # twice the steps per epoch of 128, for 5% less throughput on a CPU
+    lr: float | str = 'find'        # a number, or 'find' for the suggestion of `lr_find`
+    lr_suggestion: str = 'minimum'  # which of fastai's `lr_find` suggestions 'find' uses
+    lr_find_iters: int = 300        # batches of the range test: 'minimum' varied 1.2x over 4 seeds, 3x at fastai's 100
+    lr_mult: float | None = None    # 'find' trains at this times the suggestion; None: by the budget (`budget_defaults`)
+    momentum: float = 0.9
+    wd: float = 5e-4
+    wd_mode: str = 'l2'             # 'l2': added to the gradient, as the reports; or 'decoupled'
+    label_smoothing: float = 0.     # torch's `CrossEntropyLoss(label_smoothing=...)`; 0: plain cross-entropy, as the reports
+    ema: float = 0.998              # decay per step of the weight average that is tested and kept; 0: none, as the reports
+    ema_every: int = 4              # steps between updates of the average (each one costs ~3% of a step)
+    schedule: str = 'plateau'       # ReduceLROnPlateau on the validation loss, or fastai's 'one-cycle'
+    warmup: float | None = None     # plateau: share of the steps the rate ramps up over; None: by the budget
+    anneal: float | None = None     # plateau: share of the steps at the end it decays to 0 over; None: by the budget
+    plateau_factor: float = 0.1     # torch's ReduceLROnPlateau defaults, but for the patience
+    plateau_patience: int | None = None  # None: by the budget, a tenth of the epochs
+    plateau_threshold: float = 1e-4  # torch's; 0.1 made the plateau cut after epoch 4 but cost 0.5 points at epoch 5 with EMA
+    plateau_cooldown: int = 0
+    plateau_min_lr: float = 0.
+    pad: int | None = None          # reflection padding before a random 32x32 crop, 0 for none; None: by the budget
+    flip: bool = True
+    cutout: int = 16                # side of the square hole in pixels; 0: no cutout
+    cutout_p: float = 0.5
+    precision: str = 'auto'
+    channels_last: bool = True
+    seed: int | None = 42
+    workers: int | None = None      # loader processes; None: 0 on CPU, a few beside a GPU
+    skip_bad: bool = False
+    interpret: bool = True          # write the pictures and report.md at the end
+    sync_bn: bool = False           # nn.SyncBatchNorm across the processes of a data-parallel run (CUDA only)
+
+    def __post_init__(self):
+        "Fill the options left as None from the budget's rule"
+        if not isinstance(self.epochs, int): return  # `check` names the bad value
+        for name, value in budget_defaults(self.epochs, self.schedule).items():
+            if getattr(self, name) is None: setattr(self, name, value)
+
+    def check(self) -> 'RunConfig':
+        "Raise `ConfigError` naming the first option out of range"
+        for f in fields(self):
+            if not _is_a(getattr(self, f.name), f.type):
+                raise ConfigError(f"{_option(f.name)} must be {_kind_name(f.type)}, got {getattr(self, f.name)!r}")
+        for name in ('epochs', 'bs', 'lr_find_iters', 'ema_every'):
+            if getattr(self, name) < 1: raise ConfigError(f"{_option(name)} must be a whole number >= 1, got {getattr(self, name)!r}")
+        if self.lr != 'find' and not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ConfigError(f"--lr must be a positive number or 'find', got {self.lr!r}")
+        for name, allowed in (('precision', PRECISIONS), ('schedule', SCHEDULES), ('wd_mode', WD_MODES),
+                              ('lr_suggestion', tuple(LR_SUGGESTIONS))):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{_option(name)} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if not self.lr_mult > 0: raise ConfigError(f"--lr-mult must be a positive number, got {self.lr_mult!r}")
+        for name in ('momentum', 'wd', 'cutout_p', 'plateau_min_lr'):
+            if getattr(self, name) < 0: raise ConfigError(f"{_option(name)} must be >= 0, got {getattr(self, name)!r}")
+        for name in ('label_smoothing', 'ema', 'valid_pct'):
+            if not 0 <= getattr(self, name) < 1: raise ConfigError(f"{_option(name)} must be in [0, 1), got {getattr(self, name)!r}")
+        if self.plateau_patience < 0:
+            raise ConfigError(f"--plateau-patience must be a whole number >= 0, got {self.plateau_patience!r}")
+        if not 0 < self.plateau_factor < 1: raise ConfigError(f"--plateau-factor must be in (0, 1), got {self.plateau_factor!r}")
+        try: WarmupAnneal(self.warmup, self.anneal)
+        except ValueError as e: raise ConfigError(f"--warmup/--anneal: {e}") from None
+        return self
+
+    @classmethod
+    def from_dict(cls, d: dict) -> 'RunConfig':
+        "The options in `d` that are options of a run; the others take their defaults"
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def from_record(cls, record, path) -> 'RunConfig':
+        "The options of `record`, a run's `config.json` read from `path`, checked: all there, of their types and in range"
+        if not isinstance(record, dict): raise RunFileError(f"{path} holds a {type(record).__name__}, not the options of a run; {_FIX}")
+        written = record.get('format', 1)  # the files written before the format was recorded are format 1
+        if not (isinstance(written, int) and 1 <= written <= CONFIG_FORMAT):
+            raise RunFileError(f"{path} has format {written!r}, and this version of cifar-fastai reads formats 1 to "
+                               f"{CONFIG_FORMAT}: it was written by a newer version; upgrade cifar-fastai to use the run")
+        missing = [f.name for f in fields(cls) if f.name not in record and f.name not in ADDED_LATER]
+        missing += [] if _is_a(record.get('lr_used'), float) else ['lr_used']  # the rate trained at, for resuming
+        if missing: raise RunFileError(f"{path} lacks {', '.join(missing)}; {_FIX}")
+        try: return cls.from_dict({**ADDED_LATER, **record}).check()
+        except ConfigError as e: raise RunFileError(f"{path} holds a wrong option: {e}; {_FIX}") from None
+
+
+def _option(name: str) -> str: return f"--{name.replace('_', '-')}"
+
+
+def _is_a(value, kind) -> bool:
+    "Whether `value` is of type `kind` (e.g. `int | None`) as JSON and argparse give it: an int is a float, a bool no int"
+    kinds = typing.get_args(kind) or (kind,)
+    if isinstance(value, bool): return bool in kinds
+    return any(isinstance(value, k) for k in kinds) or (float in kinds and isinstance(value, int))
+
+
+def _kind_name(kind) -> str:
+    names = {int: 'a whole number', float: 'a number', str: 'a string', bool: 'true or false', type(None): 'None'}
+    return ' or '.join(names[k] for k in typing.get_args(kind) or (kind,))
+
+
+def read_config(run) -> dict:
+    "The `config.json` of run folder `run`, or an error saying it is not a run"
+    path = Path(run) / CONFIG
+    if not path.is_file(): raise ConfigError(f"{run} is not a run folder: it has no {CONFIG}")
+    try: return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunFileError(f"{path} is not valid JSON ({e}); {_FIX}") from None
+
+
+def saved_config(run) -> tuple[RunConfig, dict]:
+    "The checked `RunConfig` of run folder `run`, and all that `config.json` records (the rates found and used, data...)"
+    record = read_config(run)
+    return RunConfig.from_record(record, Path(run) / CONFIG), record
+
+
+def check_resume(saved: RunConfig, config: RunConfig) -> RunConfig:
+    "`config`, if it changes nothing of `saved` that resuming cannot (`RESUME_CHANGES`); else say which option it is"
+    for f in fields(saved):
+        theirs, ours = getattr(saved, f.name), getattr(config, f.name)
+        if ours == theirs: continue
+        if f.name not in RESUME_CHANGES:
+            raise ConfigError(f"{_option(f.name)} {ours} contradicts the run, which was started with {theirs}: leave "
+                              f"it out to continue the run, or start a new one with --out")
+        if f.name == 'epochs' and saved.schedule != 'plateau':
+            raise ConfigError(f"--epochs {ours}: a {saved.schedule} run's rates follow a schedule over all its "
+                              f"{theirs} epochs, so another length would change the epochs already trained; start a new "
+                              f"run with --epochs {ours}, or continue this one without --epochs")
+    return config
+
+
+def resume_changes(saved: RunConfig, **changes) -> RunConfig:
+    "`saved` with `changes`, those that resuming allows (more --epochs for a plateau run, --no-interpret)"
+    return check_resume(saved, replace(saved, **changes))
