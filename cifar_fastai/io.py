@@ -61,17 +61,21 @@ def remove_temporaries(folder) -> list[Path]:
 
 def load_tensors(path, what: str, fix: str, map_location='cpu'):
     "`torch.load` the file `path` (`what` it should be) without running code from it, or say in one line why not"
-    # fix: what to do when the file is refused. Errors of the disk itself (`OSError`) surface as they are.
+    # fix: what to do when the file is refused. A file that cannot be opened raises as `open` does.
     path = Path(path)
-    try: return torch.load(path, map_location=map_location, weights_only=True)
-    except OSError: raise
-    except Exception as e:
-        lines = [l.strip() for l in str(e).splitlines() if l.strip()]
-        detail = next((l for l in lines if 'unsupported' in l.lower()), lines[0] if lines else 'the file ends early')
-        detail = detail.split('. ')[0].rstrip('.')  # torch's first sentence says it; the rest is advice for its users
-        reason = (f'loading it would run code ({detail})' if 'GLOBAL' in detail else
-                  f'it is damaged or was not written by torch.save ({type(e).__name__}: {detail})')
-        raise RunFileError(f"{path} is not {what}: {reason}; {fix}") from e
+    with open(path, 'rb') as f:
+        try: return torch.load(f, map_location=map_location, weights_only=True)
+        except Exception as e:  # torch's reader raises 'OSError: Invalid argument' for a truncated file too
+            raise RunFileError(f"{path} is not {what}: {_why_not_loaded(e)}; {fix}") from e
+
+
+def _why_not_loaded(e: Exception) -> str:
+    "What `torch.load` says in `e`, in a few words: the object it refused to build, or how the file is broken"
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    detail = next((l for l in lines if 'unsupported' in l.lower()), lines[0] if lines else 'the file ends early')
+    detail = detail.split('. ')[0].rstrip('.')  # torch's first sentence says it; the rest is advice for its users
+    if 'GLOBAL' in detail: return f'loading it would run code ({detail})'
+    return f'it is damaged or was not written by torch.save ({type(e).__name__}: {detail})'
 
 
 def ensure_writable_dir(path) -> Path:

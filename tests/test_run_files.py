@@ -1,0 +1,174 @@
+"Damaged or changed run files are refused in one line, exit 1, the folder untouched; --resume changes only what it may"
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from cifar_fastai import cli
+from cifar_fastai.callbacks import read_metrics
+from cifar_fastai.checkpoint import load_checkpoint
+from cifar_fastai.config import RunConfig, resume_changes, saved_config
+from cifar_fastai.errors import ConfigError, RunFileError
+from cifar_fastai.run import train
+from tests.helpers import tiny_model
+
+quiet = dict(log=lambda *a: None)
+# patience 0 and an absolute threshold no epoch meets: the plateau halves the rate after every epoch
+PLATEAU = dict(plateau_patience=0, plateau_factor=0.5, plateau_threshold=10.)
+
+
+def _config(**kw):
+    return RunConfig(**{**dict(data='sample', epochs=2, bs=100, lr=0.05, precision='fp32', ema=0.9, interpret=False,
+                               **PLATEAU), **kw})
+
+
+@pytest.fixture(autouse=True)
+def tiny(monkeypatch): monkeypatch.setattr('cifar_fastai.learner.resnet18', tiny_model)
+
+
+@pytest.fixture(scope='module')
+def finished(tmp_path_factory):
+    "A finished 2-epoch plateau run of the tiny model"
+    run = tmp_path_factory.mktemp('finished') / 'run'
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr('cifar_fastai.learner.resnet18', tiny_model)
+        train(_config(), run, **quiet)
+    return run
+
+
+@pytest.fixture
+def run(finished, tmp_path):
+    shutil.copytree(finished, tmp_path / 'run')
+    return tmp_path / 'run'
+
+
+def _files(folder) -> dict: return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def _refused(argv, capsys, usage: bool = False) -> str:
+    "The one line `argv` is refused with: exit status 1, or 2 after argparse's usage line when `usage`"
+    with pytest.raises(SystemExit) as e: cli.main(argv)
+    if usage:
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(lines) == 2 and lines[0].startswith('usage:'), lines
+        return lines[1]
+    assert isinstance(e.value.code, str)  # `sys.exit(message)`: the message on stderr, exit status 1
+    assert len(e.value.code.splitlines()) == 1, e.value.code
+    return e.value.code
+
+
+class RunsCommand:
+    "An object whose unpickling runs a shell command, as a tampered file could hold"
+    def __init__(self, marker): self.marker = marker
+    def __reduce__(self): return os.system, (f'touch {self.marker}',)
+
+
+def test_weights_that_would_run_code_are_refused_in_one_line(run, capsys, tmp_path):
+    torch.save({'conv.weight': RunsCommand(tmp_path / 'ran')}, run / 'model.pth')
+    before = _files(run)
+    line = _refused(['evaluate', str(run)], capsys)
+    assert f"{run / 'model.pth'} is not a weights file" in line and 'would run code' in line
+    assert not (tmp_path / 'ran').exists() and _files(run) == before
+
+
+def test_weights_of_another_model_say_which_tensors_do_not_fit(run, capsys):
+    torch.save(torch.nn.Linear(3, 2).state_dict(), run / 'model.pth')
+    line = _refused(['evaluate', str(run)], capsys)
+    assert "model.pth does not fit this run's model" in line and '2 unexpected (bias, weight)' in line
+
+
+@pytest.mark.parametrize('spoil,words', [
+    (lambda b: b[:len(b) // 2], 'damaged'), (lambda b: b'', 'damaged'), (lambda b: os.urandom(len(b)), 'damaged'),
+    (lambda b: _saved({'epoch': 2, 'model': {}}), 'lacks opt, plateau, rng, rows'),
+    (lambda b: _saved({**_checkpoint_of(b), 'epoch': 5}), 'inconsistent')])
+def test_a_damaged_checkpoint_is_refused_in_one_line_and_the_folder_is_untouched(run, capsys, spoil, words):
+    (run / 'checkpoint.pth').write_bytes(spoil((run / 'checkpoint.pth').read_bytes()))
+    (run / 'model.pth').unlink()  # as if killed before the end: --resume needs the checkpoint
+    before = _files(run)
+    line = _refused(['train', '--resume', str(run)], capsys)
+    assert str(run / 'checkpoint.pth') in line and words in line and 'cannot be recovered' in line
+    assert _files(run) == before
+
+
+def _saved(obj) -> bytes:
+    import io
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _checkpoint_of(data: bytes) -> dict:
+    import io
+    return torch.load(io.BytesIO(data), weights_only=True)
+
+
+@pytest.mark.parametrize('change,words', [
+    (lambda c: c.pop('bs'), 'lacks bs'), (lambda c: c.pop('lr_used'), 'lacks lr_used'),
+    (lambda c: c.update(epochs='80'), "--epochs must be a whole number, got '80'"),
+    (lambda c: c.update(flip='yes'), "--flip must be true or false, got 'yes'"),
+    (lambda c: c.update(ema=1.5), '--ema must be in [0, 1)'),
+    (lambda c: c.update(format=2), 'written by a newer version'),
+    (lambda c: c.clear(), 'lacks data')])
+@pytest.mark.parametrize('command', ['resume', 'evaluate'])
+def test_a_changed_config_is_refused_in_one_line_naming_what_is_wrong(run, capsys, change, words, command):
+    config = json.loads((run / 'config.json').read_text())
+    change(config)
+    (run / 'config.json').write_text(json.dumps(config))
+    before = _files(run)
+    line = _refused(['train', '--resume', str(run)] if command == 'resume' else ['evaluate', str(run)], capsys)
+    assert str(run / 'config.json') in line and words in line
+    assert _files(run) == before
+
+
+def test_a_config_that_is_not_json_is_refused(run, capsys):
+    (run / 'config.json').write_text('{"epochs": 2,')
+    assert 'config.json is not valid JSON' in _refused(['evaluate', str(run)], capsys)
+
+
+def test_a_config_from_before_an_option_existed_reads_with_the_behaviour_of_its_time(run):
+    config = json.loads((run / 'config.json').read_text())
+    for name in ('ema', 'ema_every', 'valid_pct', 'format'): config.pop(name)
+    (run / 'config.json').write_text(json.dumps(config))
+    old, _ = saved_config(run)
+    assert (old.ema, old.ema_every, old.valid_pct) == (0., 1, 0.)  # no average then, and no held-out split
+
+
+def test_export_is_written_atomically(run, monkeypatch):
+    from cifar_fastai.evaluate import load_run
+    learn, before = load_run(run), (run / 'export.pkl').read_bytes()
+    def full_disk(obj, f, **kwargs):
+        open(f, 'wb').write(b'partial')
+        raise OSError(28, 'No space left on device')
+    monkeypatch.setattr('fastai.learner.torch.save', full_disk)
+    with pytest.raises(OSError): learn.export('export.pkl')
+    assert (run / 'export.pkl').read_bytes() == before and not list(run.glob('.*.tmp'))
+
+
+def test_more_epochs_extend_a_plateau_run_as_if_it_had_been_asked_for_them(run, tmp_path):
+    cli.main(['train', '--resume', str(run), '--epochs', '4'])
+    longer = train(_config(epochs=4), tmp_path / 'longer', **quiet)
+    rows, expected = read_metrics(run / 'metrics.csv'), longer.epoch_record.rows
+    assert [r['lr'] for r in rows] == pytest.approx([0.05, 0.025, 0.0125, 0.00625])  # the plateau goes on halving
+    assert [r['test_loss'] for r in rows] == pytest.approx([r['test_loss'] for r in expected], rel=1e-5)
+    assert json.loads((run / 'config.json').read_text())['epochs'] == 4 and load_checkpoint(run)['epoch'] == 4
+    resumed = torch.load(run / 'model.pth', weights_only=True)
+    for k, v in longer.model.state_dict().items(): assert torch.allclose(resumed[k], v, atol=1e-6), k
+
+
+@pytest.mark.parametrize('argv,words', [
+    (['--bs', '64'], '--bs 64 contradicts the run, which was started with 100'),
+    (['--lr', '0.1'], '--lr 0.1 contradicts'), (['--no-flip'], '--flip False contradicts'),
+    (['--epochs', '1'], 'has trained 2 epochs already'), (['--out', 'elsewhere'], '--out elsewhere contradicts --resume')])
+def test_an_option_that_contradicts_the_run_is_refused_by_name(run, capsys, argv, words):
+    before = _files(run)
+    assert words in _refused(['train', '--resume', str(run), *argv], capsys, usage=True)
+    assert _files(run) == before
+
+
+def test_a_one_cycle_run_is_not_extended(tmp_path):
+    saved = _config(schedule='one-cycle')
+    with pytest.raises(ConfigError, match='--epochs 4: a one-cycle run.*over all its 2 epochs'):
+        resume_changes(saved, epochs=4)
+    assert resume_changes(saved, interpret=True).interpret  # what does not change the training may change
