@@ -92,7 +92,7 @@ def read_batch(path: Path, n_classes: int = 10) -> tuple[np.ndarray, np.ndarray]
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), y.astype(np.int64)
 
 
-def read_batches(folder: Path, test_only: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+def read_batches(folder: Path, test_only: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list]:
     "`train_x, train_y, test_x, test_y, classes` from the official batches in `folder`"
     # test_only: the training batches are not read, and the training arrays are empty
     folder = Path(folder)

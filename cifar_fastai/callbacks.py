@@ -8,7 +8,7 @@ import torch
 from fastai.callback.core import Callback
 from fastai.callback.schedule import ParamScheduler
 
-from cifar_fastai.collective import all_reduce_sum, broadcast_value, is_main
+from cifar_fastai.collective import all_reduce_sum, broadcast_value, in_process_group, is_main
 from cifar_fastai.errors import UserError
 from cifar_fastai.io import atomic_write
 
@@ -90,10 +90,18 @@ class StopOnNonFinite(Callback):
     order = -5
 
     def after_loss(self):
-        if not self.training or torch.isfinite(self.loss).all(): return
+        if not self.training: return
+        finite = bool(torch.isfinite(self.loss).all())
+        # in a data-parallel fit every process learns of it, and all stop at this batch rather than wait for the one
+        # that stops in the gradients' all-reduce (one more all-reduce of a number per step)
+        bad = torch.tensor([float(not finite)])
+        n_bad = int(all_reduce_sum(bad).item() if _in_fit(self.learn) else bad.item())
+        if not n_bad: return
+        where = f" on {n_bad} of the {torch.distributed.get_world_size()} processes" if in_process_group() else ''
+        value = 'non-finite' if finite else float(self.loss)
         raise NonFiniteLossError(
-            f"The training loss became {float(self.loss)} at epoch {self.epoch + 1}, batch {self.iter + 1}: "
-            f"the learning rate ({self.opt.hypers[-1]['lr']:.3g}) is probably too high; try a lower --lr.")
+            f"The training loss became {value}{where} at epoch {self.epoch + 1}, batch {self.iter + 1}: the learning "
+            f"rate ({self.opt.hypers[-1]['lr']:.3g}) is probably too high; try a lower --lr.")
 
 
 class EpochRecord(Callback):

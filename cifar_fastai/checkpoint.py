@@ -109,7 +109,8 @@ def load_checkpoint(run: Path) -> dict:
     wrong = [k for k, kind in _KEYS.items() if not isinstance(state, dict) or not isinstance(state.get(k), kind)]
     if wrong: raise RunFileError(f"{path} is not a checkpoint of this package: it lacks {', '.join(wrong)}; {_FIX}")
     if state['epoch'] != len(state['rows']):
-        raise RunFileError(f"{path} is inconsistent: epoch {state['epoch']} with {len(state['rows'])} rows of metrics; {_FIX}")
+        raise RunFileError(f"{path} is inconsistent: epoch {state['epoch']} with {len(state['rows'])} rows of "
+                           f"metrics; {_FIX}")
     return state
 
 
@@ -147,7 +148,7 @@ def restore_checkpoint(learn, state: dict, path: Path | None = None) -> int:
         if hasattr(learn, 'ema') and state.get('ema') is not None: learn.ema.load_state_dict(state['ema'])
         set_rng_state(learn, state['rng'])
     except (KeyError, IndexError, ValueError, TypeError, RuntimeError) as e:
-        raise RunFileError(f"{path} holds a damaged state ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                           f"{_FIX}") from e
+        first = (str(e).splitlines() or [''])[0]
+        raise RunFileError(f"{path} holds a damaged state ({type(e).__name__}: {first}); {_FIX}") from e
     learn.epoch_record.rows = list(state['rows'])
     return state['epoch']

@@ -118,7 +118,8 @@ def _resumed_config(args, argv):
     if args.out is not None and args.out != args.resume:
         raise ConfigError(f"--out {args.out} contradicts --resume {args.resume}: a run goes on in its own folder")
     from cifar_fastai.config import RunConfig
-    typed = {k: v for k, v in vars(parser(typed_only=True).parse_args(argv)).items() if k in RunConfig.__dataclass_fields__}
+    typed = vars(parser(typed_only=True).parse_args(argv))
+    typed = {k: v for k, v in typed.items() if k in RunConfig.__dataclass_fields__}
     return resume_changes(saved_config(args.resume)[0], **typed)  # before loading data: the files are checked
 
 

@@ -77,7 +77,8 @@ class RunConfig:
             if not _is_a(getattr(self, f.name), f.type):
                 raise ConfigError(f"{_option(f.name)} must be {_kind_name(f.type)}, got {getattr(self, f.name)!r}")
         for name in ('epochs', 'bs', 'lr_find_iters', 'ema_every'):
-            if getattr(self, name) < 1: raise ConfigError(f"{_option(name)} must be a whole number >= 1, got {getattr(self, name)!r}")
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{_option(name)} must be a whole number >= 1, got {getattr(self, name)!r}")
         if self.lr != 'find' and not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ConfigError(f"--lr must be a positive number or 'find', got {self.lr!r}")
         for name, allowed in (('precision', PRECISIONS), ('schedule', SCHEDULES), ('wd_mode', WD_MODES),
@@ -104,8 +105,9 @@ class RunConfig:
 
     @classmethod
     def from_record(cls, record, path) -> 'RunConfig':
-        "The options of `record`, a run's `config.json` read from `path`, checked: all there, of their types and in range"
-        if not isinstance(record, dict): raise RunFileError(f"{path} holds a {type(record).__name__}, not the options of a run; {_FIX}")
+        "The options of `record`, a run's `config.json` at `path`, checked: all there, of their types and in range"
+        if not isinstance(record, dict):
+            raise RunFileError(f"{path} holds a {type(record).__name__}, not the options of a run; {_FIX}")
         written = record.get('format', 1)  # the files written before the format was recorded are format 1
         if not (isinstance(written, int) and 1 <= written <= CONFIG_FORMAT):
             raise RunFileError(f"{path} has format {written!r}, and this version of cifar-fastai reads formats 1 to "
@@ -121,7 +123,7 @@ def _option(name: str) -> str: return f"--{name.replace('_', '-')}"
 
 
 def _is_a(value, kind) -> bool:
-    "Whether `value` is of type `kind` (e.g. `int | None`) as JSON and argparse give it: an int is a float, a bool no int"
+    "Whether `value` is of type `kind` (`int | None`...) as JSON and argparse give it: an int is a float, a bool no int"
     kinds = typing.get_args(kind) or (kind,)
     if isinstance(value, bool): return bool in kinds
     return any(isinstance(value, k) for k in kinds) or (float in kinds and isinstance(value, int))
@@ -142,7 +144,7 @@ def read_config(run) -> dict:
 
 
 def saved_config(run) -> tuple[RunConfig, dict]:
-    "The checked `RunConfig` of run folder `run`, and all that `config.json` records (the rates found and used, data...)"
+    "The checked `RunConfig` of run folder `run`, and all its `config.json` records (rates found and used, data...)"
     record = read_config(run)
     return RunConfig.from_record(record, Path(run) / CONFIG), record
 

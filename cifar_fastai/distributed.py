@@ -19,7 +19,7 @@ except (ImportError, NameError) as e:  # fastai.distributed names accelerate's `
     raise ImportError("Data-parallel training needs Hugging Face Accelerate: pip install accelerate") from e
 
 __all__ = ['start_process_group', 'broadcast_value', 'single_process', 'CollectiveDL',
-           'DataParallelTrainer', 'fail_together', 'data_parallel', 'seed_by_rank', 'revert_sync_batchnorm']
+           'DataParallelTrainer', 'peer_failures', 'data_parallel', 'seed_by_rank', 'revert_sync_batchnorm']
 
 
 def _check_sync_bn(sync_bn: bool):
@@ -84,20 +84,17 @@ class DataParallelTrainer(DistributedTrainer):
         if hasattr(self, 'old_dls'): self.learn.dls.loaders = self.old_dls
         if self.sync_bn: self.learn.model = revert_sync_batchnorm(self.learn.model)
 
-    def after_cancel_fit(self): self.after_fit()  # a fit ended by an exception leaves the model and loaders as they were
+    def after_cancel_fit(self): self.after_fit()  # a fit ended by an exception puts back the model and loaders too
 
 
 @contextmanager
-def fail_together():
-    "In the block, an error on this process ends the others at once, instead of leaving them waiting in a collective"
-    # Leaving the process group makes the others' pending and next gloo collectives fail within a second; those that
-    # fail so raise `PeerFailedError`. nccl's collectives do not notice: there torchrun stops the other processes.
-    # Ctrl-C reaches every process of a launch, so a `KeyboardInterrupt` leaves the group as it is.
+def peer_failures():
+    "In the block, a collective that fails because another process ended raises `PeerFailedError` in one line"
+    # gloo's collectives fail within a second of another process's exit (as the command line does on an error), with
+    # a message about the connection; nccl's wait for their timeout, but torchrun stops the other processes.
     try: yield
     except Exception as e:
-        lost = _lost_peer(e)
-        dist.destroy_process_group()
-        if not lost: raise
+        if not _lost_peer(e): raise
         raise PeerFailedError(f"process {rank_distrib()} stops: another process of this data-parallel run failed "
                               f"({_gist(e)}); its own message says why") from e
 

@@ -42,7 +42,7 @@ class CifarLearner(Learner):
             for h, saved in zip(self.opt.hypers if hypers else [], hypers or []): h.update(saved)
 
     def export(self, fname='export.pkl', **kwargs):
-        "fastai's `export`, written atomically, without the data set's pixels (loader workers, which also pickle, keep them)"
+        "fastai's `export`, written atomically, without the data's pixels (loader workers, which also pickle, keep them)"
         if rank_distrib(): return  # as fastai's: one process of a data-parallel run writes it
         ArrayImage.exporting = True
         try:

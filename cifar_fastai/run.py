@@ -16,8 +16,8 @@ from fastcore.basics import noop
 from cifar_fastai.callbacks import write_metrics
 from cifar_fastai.checkpoint import CHECKPOINT, Checkpoint, SkipEpochs, load_checkpoint, restore_checkpoint
 from cifar_fastai.collective import on_main
-from cifar_fastai.config import (CONFIG, CONFIG_FORMAT, LR_SUGGESTIONS, RESUME_CHANGES, SCHEDULES, ConfigError, RunConfig,
-                                 check_resume, read_config, saved_config)
+from cifar_fastai.config import (CONFIG, CONFIG_FORMAT, LR_SUGGESTIONS, RESUME_CHANGES, SCHEDULES, ConfigError,
+                                 RunConfig, check_resume, read_config, saved_config)
 from cifar_fastai.data import Source, read_cifar10
 from cifar_fastai.ema import EMA
 from cifar_fastai.io import atomic_save, atomic_write, ensure_writable_dir, remove_temporaries
@@ -33,7 +33,7 @@ METRICS, WEIGHTS, EXPORT, LR_PLOT = 'metrics.csv', 'model.pth', 'export.pkl', 'l
 
 
 def recorded_data(record: dict) -> str | None:
-    "The `--data` that reads the data a run read again, from its `config.json` `record`: the source it found if it searched"
+    "The `--data` that reads a run's data again, from its `config.json` `record`: the source it found if it searched"
     # 'data_source' names an absolute path, where 'data' may be relative to where the run started
     found = Source.from_str(record.get('data_source', ''))
     return found.data if found else record.get('data')
@@ -242,7 +242,7 @@ def train(config: RunConfig | None, out, resume: bool = False, cbs=None, log=pri
     log = log if main else noop
     run = (ensure_writable_dir(out) if main else Path(out)).absolute()  # `learn.path`: fastai joins names to it
     if not resume: on_main(lambda: _claim(run))  # every process stops if rank 0 refuses the folder
-    with parallel.fail_together() if parallel else nullcontext():
+    with parallel.peer_failures() if parallel else nullcontext():
         learn = _learner(config, run, saved, progress, log)
         with nullcontext() if progress else _quiet(learn):
             done, lr = _resume(learn, run, saved, log) if resume else _start(learn, run, config, parallel, log)

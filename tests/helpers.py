@@ -1,8 +1,10 @@
-"Test helpers: tiny synthetic CIFAR-shaped data, a tiny model, a callback that interrupts a fit like Ctrl-C, the scripts as modules"
+"Test helpers: tiny synthetic CIFAR-shaped data, a tiny model, a Ctrl-C after an epoch, the scripts as modules"
 import importlib.util
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pytest
 from fastai.callback.core import Callback
 from torch import nn
 
@@ -23,9 +25,17 @@ def synthetic_cifar(n_train: int = 64, n_test: int = 32, seed: int = 0) -> Cifar
 
 
 def tiny_model(n_out: int = 10) -> nn.Module:
-    "A model of a few hundred weights with batch norm, in place of the ResNet18 where a test is about files, not accuracy"
-    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(8, n_out))
+    "A model of 330 weights with batch norm, in place of the ResNet18 where a test is about files, not accuracy"
+    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(8, n_out))
+
+
+@contextmanager
+def tiny_models():
+    "In the block, `cifar_learner` (and so `train`) makes `tiny_model`s in place of ResNet18s"
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr('cifar_fastai.learner.resnet18', tiny_model)
+        yield
 
 
 class InterruptAfter(Callback):

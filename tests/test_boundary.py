@@ -10,7 +10,7 @@ import torch
 from cifar_fastai import cli
 from cifar_fastai.callbacks import read_metrics
 from cifar_fastai.checkpoint import CHECKPOINT, load_checkpoint
-from tests.helpers import tiny_model
+from tests.helpers import tiny_models
 from tests.test_data import write_folders
 
 KILLED = 86  # the exit status of a child stopped by `_die_at`
@@ -18,9 +18,9 @@ FIXTURE = Path(__file__).parent / 'fixtures' / 'run-619f03b'
 
 
 @pytest.fixture(autouse=True)
-def tiny(monkeypatch):
+def tiny():
     "The files of a run do not depend on its model: a tiny one keeps each killed run to a second"
-    monkeypatch.setattr('cifar_fastai.learner.resnet18', tiny_model)
+    with tiny_models(): yield
 
 
 def _argv(run, *more):
@@ -56,9 +56,7 @@ def _weights(path): return torch.load(path, weights_only=True)
 def uninterrupted(tmp_path_factory):
     "The model.pth and metrics of the same run, not killed"
     run = tmp_path_factory.mktemp('uninterrupted') / 'run'
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr('cifar_fastai.learner.resnet18', tiny_model)
-        cli.main(_argv(run))
+    with tiny_models(): cli.main(_argv(run))
     return _weights(run / 'model.pth'), read_metrics(run / 'metrics.csv')
 
 
@@ -113,7 +111,8 @@ def test_a_run_folder_of_today_resumes_as_if_never_stopped(tmp_path, monkeypatch
     monkeypatch.setenv('CIFAR10_DIR', str(tmp_path / 'elsewhere'))  # a search today would find other data
     cli.main(['train', '--resume', str(run)])
     rows, full = read_metrics(run / 'metrics.csv'), read_metrics(FIXTURE / 'full' / 'metrics.csv')
-    assert (run / 'metrics.csv').read_text().splitlines()[:3] == (FIXTURE / 'cut' / 'metrics.csv').read_text().splitlines()
+    kept = (FIXTURE / 'cut' / 'metrics.csv').read_text().splitlines()  # header, epochs 1 and 2
+    assert (run / 'metrics.csv').read_text().splitlines()[:3] == kept
     assert [r['epoch'] for r in rows] == [1, 2, 3]
     for key in ('train_loss', 'valid_loss', 'test_loss', 'test_accuracy', 'lr'):
         assert rows[2][key] == pytest.approx(full[2][key], rel=1e-4), key

@@ -19,7 +19,8 @@ class RaiseAt(Callback):
     "Raise `error` after the forward pass of batch `n` of epoch 2, in training or in validation"
     order = -10  # in `after_loss`, before `StopOnNonFinite` (-5) looks at the loss
 
-    def __init__(self, error, in_training: bool, n: int = 1): self.error, self.in_training, self.n = error, in_training, n
+    def __init__(self, error, in_training: bool, n: int = 1):
+        self.error, self.in_training, self.n = error, in_training, n
 
     def _here(self) -> bool: return self.epoch == 1 and self.iter == self.n and self.training == self.in_training
 

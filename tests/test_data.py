@@ -177,7 +177,7 @@ def truncated_png(path: Path):
     path.write_bytes(path.read_bytes()[:1500])
 
 
-BAD_FILES = {'corrupt.png': (truncated_png, 'unreadable image'),
+BAD_FILES = {'corrupt.png': (truncated_png, 'undecodable image'),
              'notes.txt': (lambda p: p.write_text('not a picture'), 'not an image file'),
              'big.png': (lambda p: save(Image.new('RGB', (64, 48)), p), 'is 64x48, expected 32x32')}
 
@@ -198,6 +198,21 @@ def test_skip_bad_leaves_bad_files_out_and_warns(tmp_path):
         d = read_cifar10(tmp_path, skip_bad=True, progress=False)
     np.testing.assert_array_equal(d.train_x, x)
     assert d.train_y.tolist() == [0, 0, 1, 1]
+
+
+@pytest.mark.parametrize('error', [OSError(5, 'Input/output error'), PermissionError(13, 'Permission denied'),
+                                   TypeError('a bug')], ids=['i/o error', 'permission', 'bug'])
+def test_an_error_that_is_not_the_image_s_surfaces_and_marks_nothing_bad(tmp_path, monkeypatch, error):
+    write_folders(tmp_path)
+    failing, open_image = tmp_path/'train'/'cat'/'0001.png', Image.open
+    def flaky(path, *args):
+        if Path(path) == failing: raise error
+        return open_image(path, *args)
+    monkeypatch.setattr(data.Image, 'open', flaky)
+    with pytest.raises(type(error)): read_cifar10(tmp_path, progress=False)
+    assert not (tmp_path/CACHE_NAME).exists()  # no verdict kept
+    monkeypatch.setattr(data.Image, 'open', open_image)
+    assert len(read_cifar10(tmp_path, progress=False).train_x) == 4  # once the disk reads it, the file is good
 
 
 @pytest.mark.parametrize('change, match', [
@@ -383,3 +398,33 @@ def test_download_is_read_as_class_folders(tmp_path, monkeypatch):
     d = read_cifar10('cifar10', progress=False)
     np.testing.assert_array_equal(d.train_x, x)
     assert d.source.startswith("fastai's URLs.CIFAR")
+
+
+# ---- the test split alone, and the source a run records --------------------------------------------------------
+
+@pytest.mark.parametrize('cached', [False, True])
+def test_test_only_reads_the_test_images_of_folders_and_decodes_no_training_image(tmp_path, monkeypatch, cached):
+    write_folders(tmp_path)
+    full = read_cifar10(tmp_path, progress=False, cache=cached)
+    if cached: no_decoding(monkeypatch)  # the test arrays come from the cache
+    else: (tmp_path/'train'/'cat'/'0000.png').write_bytes(b'undecodable')  # decoding the training split would fail
+    d = read_cifar10(tmp_path, progress=False, cache=cached, test_only=True)
+    np.testing.assert_array_equal(d.test_x, full.test_x)
+    assert d.test_y.tolist() == full.test_y.tolist() and d.train_x.shape == (0, 32, 32, 3) and len(d.train_y) == 0
+
+
+def test_test_only_reads_the_test_batch_alone(tmp_path):
+    x, y = write_batches(tmp_path)
+    (tmp_path/'data_batch_3').write_bytes(b'truncated')  # reading the training batches would fail
+    d = read_cifar10(tmp_path, test_only=True)
+    np.testing.assert_array_equal(d.test_x, x[20:])
+    assert d.test_y.tolist() == y[20:].tolist()
+    assert len(d.train_x) == 0 and len(read_cifar10('sample', test_only=True).test_x) == 200
+
+
+@pytest.mark.parametrize('kind', ['batches', 'folders', 'sample', 'download'])
+def test_a_recorded_source_reads_back_as_the_same_source(tmp_path, kind):
+    source = data.Source(kind, SAMPLE if kind == 'sample' else tmp_path/'a folder'/'cifar 10')
+    assert data.Source.from_str(str(source)) == source
+    assert source.data == {'sample': 'sample', 'download': 'cifar10'}.get(kind, str(source.path))
+    assert data.Source.from_str('synthetic') is None

@@ -48,7 +48,8 @@ def _worker(rank: int, port: int, tmp: Path):
     "One process of the launch, as torchrun would start it: a found-lr run, then an interrupted and resumed one"
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_WORLD_SIZE=str(WORLD),
                       MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
-    from cifar_fastai.run import RunConfig, train
+    from cifar_fastai.callbacks import NonFiniteLossError
+    from cifar_fastai.run import ConfigError, RunConfig, train
     quiet = dict(log=lambda *a: None)
     # bs 50: each process's 250 training images make whole batches, so nothing is dropped
     config = RunConfig(data='sample', epochs=1, bs=50, lr='find', lr_find_iters=25, interpret=False)
@@ -60,6 +61,24 @@ def _worker(rank: int, port: int, tmp: Path):
     with pytest.raises(KeyboardInterrupt): train(resumable, tmp / 'cut', cbs=[InterruptAfter(1)], **quiet)
     torch.distributed.barrier()  # rank 0 has written the checkpoint
     _save(train(resumable, tmp / 'cut', resume=True, **quiet), tmp / f'resumed-{rank}.pth')
+    with pytest.raises(ConfigError) as refused: train(resumable, tmp / 'cut', **quiet)  # rank 0's folder holds a run
+    (tmp / f'refused-{rank}.txt').write_text(str(refused.value))
+    with pytest.raises(NonFiniteLossError) as nan: train(resumable, tmp / 'nan', cbs=[FailOnRank1(float('nan'))], **quiet)
+    (tmp / f'nan-{rank}.txt').write_text(str(nan.value))
+    try: train(resumable, tmp / 'bug', cbs=[FailOnRank1(RuntimeError('a bug on rank 1'))], **quiet)
+    except Exception as e:  # the process ends with it, as the command line does
+        (tmp / f'failed-{rank}.txt').write_text(f'{type(e).__name__}: {e}')
+        raise
+
+
+class FailOnRank1(Callback):
+    "At the second batch, make the training loss of process 1 `error` (a float), or raise `error` there"
+    order = -10  # before `StopOnNonFinite` (-5) looks at the loss
+    def __init__(self, error): self.error = error
+    def after_loss(self):
+        if torch.distributed.get_rank() != 1 or not self.training or self.iter != 1: return
+        if not isinstance(self.error, float): raise self.error
+        self.learn.loss = torch.tensor(self.error)
 
 
 @pytest.fixture(scope='module')
@@ -68,11 +87,13 @@ def launch(tmp_path_factory):
     import torch.multiprocessing as mp
     tmp = tmp_path_factory.mktemp('data_parallel')
     context = mp.start_processes(_worker, args=(_free_port(), tmp), nprocs=WORLD, join=False, start_method='spawn')
-    deadline = time.monotonic() + LIMIT
-    while not context.join(timeout=5):
+    deadline = time.monotonic() + LIMIT  # not `context.join`, which would end the others when one process fails
+    while any(p.exitcode is None for p in context.processes):
         if time.monotonic() > deadline:
             for p in context.processes: p.kill()
             pytest.fail(f'the {WORLD} processes did not finish within {LIMIT} s')
+        time.sleep(1)
+    (tmp / 'exitcodes.json').write_text(json.dumps([p.exitcode for p in context.processes]))
     return tmp
 
 
@@ -97,7 +118,7 @@ def test_weights_are_identical_on_every_process(launch):
 
 
 def test_only_rank0_writes_one_run_folder(launch):
-    assert sorted(p.name for p in launch.iterdir() if p.is_dir()) == ['cut', 'run']
+    assert sorted(p.name for p in launch.iterdir() if p.is_dir()) == ['bug', 'cut', 'nan', 'run']
     assert {'config.json', 'metrics.csv', 'checkpoint.pth', 'model.pth', 'export.pkl', 'lr_find.png'} <= {
         p.name for p in (launch / 'run').iterdir()}
     assert [_read(launch / f'seen-{r}.json')['path'] for r in range(WORLD)] == [str(launch / 'run')] * WORLD
@@ -122,6 +143,24 @@ def test_resume_continues_on_every_process_from_rank0s_checkpoint(launch):
     for k in ws[0]: assert torch.equal(ws[0][k], ws[1][k]), k
     final = torch.load(launch / 'cut' / 'model.pth')
     for k in ws[0]: assert torch.equal(ws[0][k], final[k]), k
+
+
+def test_rank0_refusing_the_folder_stops_every_process_with_its_message(launch):
+    assert [(launch / f'refused-{r}.txt').read_text() for r in range(WORLD)] == [
+        f"{launch / 'cut'} already holds a run: continue it with --resume {launch / 'cut'}, or choose another --out"] * WORLD
+
+
+def test_a_nan_on_one_process_stops_every_process_at_that_batch(launch):
+    assert [(launch / f'nan-{r}.txt').read_text().split(' the learning rate')[0] for r in range(WORLD)] == [
+        'The training loss became non-finite on 1 of the 2 processes at epoch 1, batch 2:',
+        'The training loss became nan on 1 of the 2 processes at epoch 1, batch 2:']
+
+
+def test_an_error_on_one_process_ends_every_process_with_a_line_that_says_so(launch):
+    failed = [(launch / f'failed-{r}.txt').read_text() for r in range(WORLD)]
+    assert failed[1].endswith('a bug on rank 1')  # fastai prefixes which callback raised it
+    assert failed[0].startswith('PeerFailedError: process 0 stops: another process of this data-parallel run failed (')
+    assert len(failed[0].splitlines()) == 1 and _read(launch / 'exitcodes.json') == [1] * WORLD
 
 
 def test_revert_sync_batchnorm_gives_plain_batchnorm_with_the_same_tensors():

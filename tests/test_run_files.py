@@ -12,7 +12,7 @@ from cifar_fastai.checkpoint import load_checkpoint
 from cifar_fastai.config import RunConfig, resume_changes, saved_config
 from cifar_fastai.errors import ConfigError, RunFileError
 from cifar_fastai.run import train
-from tests.helpers import tiny_model
+from tests.helpers import tiny_models
 
 quiet = dict(log=lambda *a: None)
 # patience 0 and an absolute threshold no epoch meets: the plateau halves the rate after every epoch
@@ -25,16 +25,15 @@ def _config(**kw):
 
 
 @pytest.fixture(autouse=True)
-def tiny(monkeypatch): monkeypatch.setattr('cifar_fastai.learner.resnet18', tiny_model)
+def tiny():
+    with tiny_models(): yield
 
 
 @pytest.fixture(scope='module')
 def finished(tmp_path_factory):
     "A finished 2-epoch plateau run of the tiny model"
     run = tmp_path_factory.mktemp('finished') / 'run'
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr('cifar_fastai.learner.resnet18', tiny_model)
-        train(_config(), run, **quiet)
+    with tiny_models(): train(_config(), run, **quiet)
     return run
 
 
@@ -160,7 +159,8 @@ def test_more_epochs_extend_a_plateau_run_as_if_it_had_been_asked_for_them(run, 
 @pytest.mark.parametrize('argv,words', [
     (['--bs', '64'], '--bs 64 contradicts the run, which was started with 100'),
     (['--lr', '0.1'], '--lr 0.1 contradicts'), (['--no-flip'], '--flip False contradicts'),
-    (['--epochs', '1'], 'has trained 2 epochs already'), (['--out', 'elsewhere'], '--out elsewhere contradicts --resume')])
+    (['--epochs', '1'], 'has trained 2 epochs already'),
+    (['--out', 'elsewhere'], '--out elsewhere contradicts --resume')])
 def test_an_option_that_contradicts_the_run_is_refused_by_name(run, capsys, argv, words):
     before = _files(run)
     assert words in _refused(['train', '--resume', str(run), *argv], capsys, usage=True)
@@ -172,3 +172,20 @@ def test_a_one_cycle_run_is_not_extended(tmp_path):
     with pytest.raises(ConfigError, match='--epochs 4: a one-cycle run.*over all its 2 epochs'):
         resume_changes(saved, epochs=4)
     assert resume_changes(saved, interpret=True).interpret  # what does not change the training may change
+
+
+@pytest.mark.parametrize('train', [False, True], ids=['evaluate', 'interpret'])
+def test_a_run_is_evaluated_on_the_data_it_recorded_reading_only_the_splits_needed(run, monkeypatch, tmp_path, train):
+    from cifar_fastai import run as run_module
+    from cifar_fastai.evaluate import load_run
+    from tests.test_data import write_folders
+    config = json.loads((run / 'config.json').read_text())
+    (run / 'config.json').write_text(json.dumps({**config, 'data': None}))  # as a run that found its data by searching
+    write_folders(tmp_path / 'elsewhere', classes=('cat', 'dog'), n=4)
+    monkeypatch.setenv('CIFAR10_DIR', str(tmp_path / 'elsewhere'))  # what a search would find today
+    reads, read = [], run_module.read_cifar10
+    monkeypatch.setattr(run_module, 'read_cifar10', lambda source, **kw: reads.append((source, kw['test_only'])) or
+                        read(source, **kw))
+    learn = load_run(run, train=train)
+    assert reads == [('sample', not train)] and learn.dls.data.source.startswith('bundled sample')
+    assert len(learn.dls.data.train_x) == (500 if train else 200)  # without the training split, the test stands in
