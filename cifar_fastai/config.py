@@ -109,9 +109,11 @@ class RunConfig:
         if not isinstance(record, dict):
             raise RunFileError(f"{path} holds a {type(record).__name__}, not the options of a run; {_FIX}")
         written = record.get('format', 1)  # the files written before the format was recorded are format 1
-        if not (isinstance(written, int) and 1 <= written <= CONFIG_FORMAT):
-            raise RunFileError(f"{path} has format {written!r}, and this version of cifar-fastai reads formats 1 to "
-                               f"{CONFIG_FORMAT}: it was written by a newer version; upgrade cifar-fastai to use the run")
+        if not (isinstance(written, int) and written >= 1):
+            raise RunFileError(f"{path} has format {written!r}, which no version of cifar-fastai writes; {_FIX}")
+        if written > CONFIG_FORMAT:
+            raise RunFileError(f"{path} was written by a newer version of cifar-fastai (format {written}, this one "
+                               f"reads up to {CONFIG_FORMAT}): upgrade cifar-fastai to use the run")
         missing = [f.name for f in fields(cls) if f.name not in record and f.name not in ADDED_LATER]
         missing += [] if _is_a(record.get('lr_used'), float) else ['lr_used']  # the rate trained at, for resuming
         if missing: raise RunFileError(f"{path} lacks {', '.join(missing)}; {_FIX}")

@@ -17,6 +17,15 @@ KILLED = 86  # the exit status of a child stopped by `_die_at`
 FIXTURE = Path(__file__).parent / 'fixtures' / 'run-619f03b'
 
 
+@pytest.fixture(scope='module', autouse=True)
+def one_thread():
+    "One thread in this process and in the children it forks (which must not use its thread pool): the same sums"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def tiny():
     "The files of a run do not depend on its model: a tiny one keeps each killed run to a second"
@@ -30,7 +39,6 @@ def _argv(run, *more):
 
 def _die_at(argv, name: str, nth: int, after: bool):
     "Run the command line, and exit at once, as `kill -9` would, at the `nth` rename of a temporary file onto `name`"
-    torch.set_num_threads(1)  # a forked child must not use the parent's thread pool
     rename, seen = os.replace, []
     def replace(src, dst):
         if Path(dst).name == name: seen.append(dst)
