@@ -54,7 +54,7 @@ def _train_options(p: argparse.ArgumentParser):
 
 
 def parser(typed_only: bool = False) -> argparse.ArgumentParser:
-    "The command line's parser; `typed_only`: `train` leaves out the options of a run that are not typed, not defaulted"
+    "The command line's parser; `typed_only`: `train`'s options of a run are left out unless typed, not defaulted"
     from cifar_fastai.run import SCHEDULES, RunConfig
     d = RunConfig()
     top = argparse.ArgumentParser(prog='cifar-fastai', description='Train and explain a CIFAR-10 ResNet18 with fastai')
@@ -114,10 +114,9 @@ def _sigterm(signum, frame): raise KeyboardInterrupt  # end like Ctrl-C: the las
 
 def _resumed_config(args, argv):
     "The saved options of run `args.resume` with the changes `argv` types, or the option that contradicts the run"
-    from cifar_fastai.config import ConfigError, resume_changes, saved_config
+    from cifar_fastai.config import ConfigError, RunConfig, resume_changes, saved_config
     if args.out is not None and args.out != args.resume:
         raise ConfigError(f"--out {args.out} contradicts --resume {args.resume}: a run goes on in its own folder")
-    from cifar_fastai.config import RunConfig
     typed = vars(parser(typed_only=True).parse_args(argv))
     typed = {k: v for k, v in typed.items() if k in RunConfig.__dataclass_fields__}
     return resume_changes(saved_config(args.resume)[0], **typed)  # before loading data: the files are checked
