@@ -98,7 +98,7 @@ class StopOnNonFinite(Callback):
         n_bad = int(all_reduce_sum(bad).item() if _in_fit(self.learn) else bad.item())
         if not n_bad: return
         where = f" on {n_bad} of the {torch.distributed.get_world_size()} processes" if in_process_group() else ''
-        value = 'non-finite' if finite else float(self.loss)
+        value = 'non-finite' if finite else float(self.loss.detach())
         raise NonFiniteLossError(
             f"The training loss became {value}{where} at epoch {self.epoch + 1}, batch {self.iter + 1}: the learning "
             f"rate ({self.opt.hypers[-1]['lr']:.3g}) is probably too high; try a lower --lr.")
