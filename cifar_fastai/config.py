@@ -160,9 +160,9 @@ def check_resume(saved: RunConfig, config: RunConfig) -> RunConfig:
             raise ConfigError(f"{_option(f.name)} {ours} contradicts the run, which was started with {theirs}: leave "
                               f"it out to continue the run, or start a new one with --out")
         if f.name == 'epochs' and saved.schedule != 'plateau':
-            raise ConfigError(f"--epochs {ours}: a {saved.schedule} run's rates follow a schedule over all its "
-                              f"{theirs} epochs, so another length would change the epochs already trained; start a new "
-                              f"run with --epochs {ours}, or continue this one without --epochs")
+            raise ConfigError(f"--epochs {ours}: a {saved.schedule} run's rates follow one cycle over its {theirs} "
+                              f"epochs, which a cycle of another length would not continue; start a new run with "
+                              f"--epochs {ours}, or continue this one without --epochs")
     return config
 
 

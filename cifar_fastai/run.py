@@ -181,7 +181,10 @@ def _resume(learn: Learner, run: Path, saved: _Saved, log) -> tuple:
     config, state = saved.config, saved.state
     done = restore_checkpoint(learn, state, run / CHECKPOINT) if state else 0
     if not rank_distrib(): _tidy(run, learn.epoch_record.rows, saved)
-    longer = f" (extended from {saved.record['epochs']})" if config.epochs != saved.record['epochs'] else ''
+    longer = f" (extended from {saved.record['epochs']}" if config.epochs != saved.record['epochs'] else ''
+    if longer and (config.warmup or config.anneal):  # shares of the steps: of the new length from now on
+        longer += f"; its warm-up and final decay now span {config.epochs} epochs, from the plateau's rate"
+    longer += ')' if longer else ''
     log(f"Resuming {run} after epoch {done} of {config.epochs}{longer}" if state else
         f"{run} has no complete epoch: starting it again with its saved options and learning rate")
     if state is None or config.schedule == 'one-cycle': return done, saved.record['lr_used']

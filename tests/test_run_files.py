@@ -15,8 +15,8 @@ from cifar_fastai.run import train
 from tests.helpers import tiny_models
 
 quiet = dict(log=lambda *a: None)
-# patience 0 and an absolute threshold no epoch meets: the plateau halves the rate after every epoch
-PLATEAU = dict(plateau_patience=0, plateau_factor=0.5, plateau_threshold=10.)
+# patience 0 and a threshold no epoch meets: the plateau halves the rate after every epoch, with no warm-up or decay
+PLATEAU = dict(plateau_patience=0, plateau_factor=0.5, plateau_threshold=10., warmup=0., anneal=0.)
 
 
 def _config(**kw):
@@ -128,10 +128,11 @@ def test_a_config_that_is_not_json_is_refused(run, capsys):
 
 def test_a_config_from_before_an_option_existed_reads_with_the_behaviour_of_its_time(run):
     config = json.loads((run / 'config.json').read_text())
-    for name in ('ema', 'ema_every', 'valid_pct', 'format'): config.pop(name)
+    for name in ('ema', 'ema_every', 'valid_pct', 'warmup', 'anneal', 'format'): config.pop(name)
     (run / 'config.json').write_text(json.dumps(config))
     old, _ = saved_config(run)
-    assert (old.ema, old.ema_every, old.valid_pct) == (0., 1, 0.)  # no average then, and no held-out split
+    # no average then, no held-out split, and no warm-up or decay (which a budget of 2 epochs would give today)
+    assert (old.ema, old.ema_every, old.valid_pct, old.warmup, old.anneal) == (0., 1, 0., 0., 0.)
 
 
 def test_export_is_written_atomically(run, monkeypatch):
@@ -169,7 +170,7 @@ def test_an_option_that_contradicts_the_run_is_refused_by_name(run, capsys, argv
 
 def test_a_one_cycle_run_is_not_extended(tmp_path):
     saved = _config(schedule='one-cycle')
-    with pytest.raises(ConfigError, match='--epochs 4: a one-cycle run.*over all its 2 epochs'):
+    with pytest.raises(ConfigError, match='--epochs 4: a one-cycle run.*one cycle over its 2 epochs'):
         resume_changes(saved, epochs=4)
     assert resume_changes(saved, interpret=True).interpret  # what does not change the training may change
 
@@ -189,3 +190,12 @@ def test_a_run_is_evaluated_on_the_data_it_recorded_reading_only_the_splits_need
     learn = load_run(run, train=train)
     assert reads == [('sample', not train)] and learn.dls.data.source.startswith('bundled sample')
     assert len(learn.dls.data.train_x) == (500 if train else 200)  # without the training split, the test stands in
+
+
+def test_an_annealed_plateau_run_is_extended_and_says_how_its_decay_moves(tmp_path):
+    lines = []
+    train(_config(warmup=0.05, anneal=0.5), tmp_path / 'run', **quiet)
+    train(resume_changes(saved_config(tmp_path / 'run')[0], epochs=3), tmp_path / 'run', resume=True, log=lines.append)
+    assert any('extended from 2; its warm-up and final decay now span 3 epochs' in l for l in lines)
+    rows = read_metrics(tmp_path / 'run' / 'metrics.csv')
+    assert [r['epoch'] for r in rows] == [1, 2, 3] and rows[2]['lr'] < 0.05 * 0.5 * 0.5  # the plateau's rate, decayed
