@@ -5,7 +5,7 @@ import time
 from pathlib import Path
 
 import torch
-from fastai.callback.core import Callback
+from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.schedule import ParamScheduler
 
 from cifar_fastai.collective import all_reduce_sum, broadcast_value, in_process_group, is_main
@@ -37,18 +37,21 @@ class ReduceLROnPlateau(Callback):
 
     def __init__(self, monitor: str = 'valid_loss', mode: str = 'min', factor: float = 0.1, patience: int = 10,
                  threshold: float = 1e-4, threshold_mode: str = 'rel', cooldown: int = 0, min_lr: float = 0.,
-                 eps: float = 1e-8):
+                 eps: float = 1e-8, stop_at_min_lr: bool = False):
+        # stop_at_min_lr: end the fit when a cut is due and no rate can go lower (torch keeps training at `min_lr`)
         if mode not in ('min', 'max'): raise ValueError(f"`mode` must be 'min' or 'max', got {mode!r}")
         if threshold_mode not in ('rel', 'abs'): raise ValueError(f"`threshold_mode` must be 'rel' or 'abs', got {threshold_mode!r}")
         if not 0 < factor < 1: raise ValueError(f"`factor` must be in (0, 1), got {factor!r}")
         self.monitor, self.mode, self.factor, self.patience = monitor, mode, factor, patience
-        self.threshold, self.threshold_mode, self.cooldown, self.min_lr, self.eps = threshold, threshold_mode, cooldown, min_lr, eps
+        self.threshold, self.threshold_mode, self.cooldown, self.min_lr = threshold, threshold_mode, cooldown, min_lr
+        self.eps, self.stop_at_min_lr = eps, stop_at_min_lr
         self.reset()
 
     def reset(self):
         "Forget what was seen: the next value is the new best"
         self.best = math.inf if self.mode == 'min' else -math.inf
         self.num_bad_epochs, self.cooldown_counter, self.last_epoch = 0, 0, 0
+        self.bottomed_out = False  # a cut was due with every rate at `min_lr` already
 
     def is_better(self, value: float) -> bool:
         if self.threshold_mode == 'rel':
@@ -64,7 +67,13 @@ class ReduceLROnPlateau(Callback):
         if self.num_bad_epochs <= self.patience: return list(lrs)
         self.cooldown_counter, self.num_bad_epochs = self.cooldown, 0
         new = [max(lr * self.factor, self.min_lr) for lr in lrs]
-        return [n if lr - n > self.eps else lr for lr, n in zip(lrs, new)]
+        new = [n if lr - n > self.eps else lr for lr, n in zip(lrs, new)]
+        self.bottomed_out = new == list(lrs)
+        return new
+
+    def before_epoch(self):
+        if self.stop_at_min_lr and self.bottomed_out and _in_fit(self.learn) and not _is_scheduled(self.learn):
+            raise CancelFitException  # before the epoch: the last one is recorded and checkpointed as usual
 
     def after_epoch(self):
         if not _in_fit(self.learn) or _is_scheduled(self.learn): return
@@ -75,7 +84,7 @@ class ReduceLROnPlateau(Callback):
         for h, lr in zip(self.opt.hypers, lrs): h['lr'] = lr
 
     def state_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ('best', 'num_bad_epochs', 'cooldown_counter', 'last_epoch')}
+        return {k: getattr(self, k) for k in ('best', 'num_bad_epochs', 'cooldown_counter', 'last_epoch', 'bottomed_out')}
 
     def load_state_dict(self, state: dict):
         for k in ('best', 'num_bad_epochs', 'cooldown_counter', 'last_epoch'): setattr(self, k, state[k])

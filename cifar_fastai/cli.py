@@ -16,68 +16,104 @@ def _positive_float_or_find(text: str):
     except ValueError: raise argparse.ArgumentTypeError(f"expected a number or 'find', got {text!r}") from None
 
 
-def _train_options(p: argparse.ArgumentParser):
-    from cifar_fastai.precision import PRECISIONS
-    from cifar_fastai.run import SCHEDULES, RunConfig
-    d = RunConfig()
-    p.add_argument('--data', help="CIFAR-10 folder (batches or class folders), 'sample' or 'cifar10' (download); "
-                                  "default: full CIFAR-10 from $CIFAR10_DIR, fastai's data folder or ./data, else the bundled sample")
-    p.add_argument('--valid-pct', type=float, default=d.valid_pct,
-                   help='share of each class of train held out to validate on, the plateau watching it; the test split is '
-                        'then predicted each epoch too (default %(default)s: the test split validates, as the reports)')
-    p.add_argument('--bs', type=int, default=d.bs, help='batch size (default %(default)s)')
-    p.add_argument('--lr', type=_positive_float_or_find, default=d.lr, help="learning rate, or 'find' for lr_find's suggestion (default)")
-    p.add_argument('--lr-suggestion', default=d.lr_suggestion, help="which lr_find suggestion 'find' uses: valley, slide, minimum (default) or steep")
-    p.add_argument('--lr-mult', type=float, help="with --lr find, train at this times the suggestion (default: by the "
-                                                 "budget, 5 for plateau and 20 for one-cycle)")
-    p.add_argument('--lr-find-iters', type=int, default=d.lr_find_iters, help='batches of the LR range test (default %(default)s)')
-    p.add_argument('--momentum', type=float, default=d.momentum, help='SGD momentum (default %(default)s)')
-    p.add_argument('--wd', type=float, default=d.wd, help='weight decay (default %(default)s)')
-    p.add_argument('--wd-mode', default=d.wd_mode, help="'l2' (added to the gradient, default) or 'decoupled'")
-    p.add_argument('--label-smoothing', type=float, default=d.label_smoothing,
+def _data_options(g, d):
+    g.add_argument('--data', help="CIFAR-10 folder (batches or class folders), 'sample' or 'cifar10' (download); default: "
+                                  "full CIFAR-10 from $CIFAR10_DIR, fastai's data folder or ./data, else the bundled sample")
+    g.add_argument('--valid-pct', type=float, default=d.valid_pct,
+                   help='share of each class of train held out to validate on, the plateau watching it; the test split '
+                        'is then predicted each epoch too (default %(default)s: the test split validates, as the reports)')
+    g.add_argument('--bs', type=int, default=d.bs, help='batch size (default %(default)s)')
+    g.add_argument('--workers', type=int, default=d.workers, help='data loader processes (default: 0 on CPU)')
+    g.add_argument('--skip-bad', action='store_true', help='skip unreadable or wrongly sized images, and say how many')
+    g.add_argument('--seed', type=int, default=d.seed, help='random seed of weights, order and augmentation (default %(default)s)')
+
+
+def _optimisation_options(g, d):
+    from cifar_fastai.run import LR_FIND_ITERS, LR_FIND_PASSES
+    g.add_argument('--lr', type=_positive_float_or_find, default=d.lr,
+                   help="learning rate, or 'find' for the range test's suggestion (default)")
+    g.add_argument('--lr-suggestion', default=d.lr_suggestion,
+                   help="which lr_find suggestion 'find' uses: valley, slide, minimum (default) or steep")
+    g.add_argument('--lr-mult', type=float, help='with --lr find, train at this times the suggestion (default: by the '
+                                                 'budget, 5 for plateau and 20 for one-cycle)')
+    g.add_argument('--lr-find-iters', type=int, default=d.lr_find_iters,
+                   help=f'batches of the LR range test (default {LR_FIND_ITERS}, or {LR_FIND_PASSES} passes over '
+                        'the training images if that is fewer)')
+    g.add_argument('--momentum', type=float, default=d.momentum, help='SGD momentum (default %(default)s)')
+    g.add_argument('--wd', type=float, default=d.wd, help='weight decay (default %(default)s)')
+    g.add_argument('--wd-mode', default=d.wd_mode, help="'l2' (added to the gradient, default) or 'decoupled'")
+    g.add_argument('--label-smoothing', type=float, default=d.label_smoothing,
                    help='label smoothing of the cross-entropy, in [0, 1) (default %(default)s)')
-    p.add_argument('--ema', type=float, default=d.ema, help='decay per step of an average of the weights that is tested '
+    g.add_argument('--ema', type=float, default=d.ema, help='decay per step of an average of the weights that is tested '
                                                          'and kept at the end, in [0, 1); 0 for none (default %(default)s)')
-    p.add_argument('--ema-every', type=int, default=d.ema_every, help='steps between updates of that average (default %(default)s)')
-    p.add_argument('--pad', type=int, help='reflect padding before a random 32x32 crop, 0 for none (default: 4 from 10 '
+    g.add_argument('--ema-every', type=int, default=d.ema_every,
+                   help='steps between updates of that average (default %(default)s)')
+
+
+def _schedule_options(g, d):
+    from cifar_fastai.run import SCHEDULES
+    g.add_argument('--epochs', type=int, default=d.epochs, help='epochs (default %(default)s, as the reference reports)')
+    g.add_argument('--schedule', default=d.schedule, help=f"one of {', '.join(SCHEDULES)} (default %(default)s)")
+    g.add_argument('--warmup', type=float, help='plateau: share of the steps over which the rate ramps up (default 0.05)')
+    g.add_argument('--anneal', type=float, help='plateau: share of the steps at the end over which the rate decays '
+                                                'linearly to 0 (default 0.2)')
+    auto = {'patience': 'a tenth of --epochs, rounded down',  # None in `RunConfig`: worked out from other options
+            'min_lr': 'a thousandth of the starting rate; a cut due there ends the run'}
+    for name, kind in (('factor', float), ('patience', int), ('threshold', float), ('cooldown', int), ('min_lr', float)):
+        g.add_argument(f"--plateau-{name.replace('_', '-')}", dest=f'plateau_{name}', type=kind,
+                       default=getattr(d, f'plateau_{name}') if name not in auto else None,
+                       help=f"ReduceLROnPlateau {name} (default {auto.get(name, '%(default)s')})")
+
+
+def _augmentation_options(g, d):
+    g.add_argument('--pad', type=int, help='reflect padding before a random 32x32 crop, 0 for none (default: 4 from 10 '
                                            'epochs on, else 0)')
-    p.add_argument('--no-flip', dest='flip', action='store_false', help='no random horizontal flip')
-    p.add_argument('--cutout', type=int, default=d.cutout, help='side of the cutout hole in pixels, 0 for none (default %(default)s)')
-    p.add_argument('--cutout-p', type=float, default=d.cutout_p, help='probability of the cutout (default %(default)s)')
-    p.add_argument('--precision', default=d.precision, help=f"one of {', '.join(PRECISIONS)} (default %(default)s)")
-    p.add_argument('--no-channels-last', dest='channels_last', action='store_false', help='keep the default memory layout')
-    p.add_argument('--seed', type=int, default=d.seed, help='random seed (default %(default)s)')
-    p.add_argument('--workers', type=int, default=d.workers, help='data loader processes (default: 0 on CPU)')
-    p.add_argument('--skip-bad', action='store_true', help='skip unreadable or wrongly sized images, and say how many')
-    p.add_argument('--out', type=Path, help='run folder (default runs/<date-time>)')
+    g.add_argument('--no-flip', dest='flip', action='store_false', help='no random horizontal flip')
+    g.add_argument('--cutout', type=int, default=d.cutout,
+                   help='side of the cutout hole in pixels, 0 for none (default %(default)s)')
+    g.add_argument('--cutout-p', type=float, default=d.cutout_p, help='probability of the cutout (default %(default)s)')
+
+
+def _speed_options(g, d, train: bool):
+    from cifar_fastai.precision import PRECISIONS
+    g.add_argument('--precision', default=d.precision, help=f"one of {', '.join(PRECISIONS)} (default %(default)s)")
+    g.add_argument('--no-channels-last', dest='channels_last', action='store_false', help='keep the default memory layout')
+    if train: g.add_argument('--sync-bn', action='store_true', help='synchronise batch norm across the processes of a '
+                                                                   'data-parallel run (CUDA only; see docs/distributed.md)')
+
+
+def _output_options(g, train: bool):
+    g.add_argument('--out', type=Path, help='run folder (default runs/<date-time>)')
+    if not train: return
+    g.add_argument('--resume', type=Path, metavar='RUN', help='continue run folder RUN from its last complete epoch, '
+                                                              'with more --epochs if it is a plateau run')
+    g.add_argument('--no-interpret', dest='interpret', action='store_false', help='skip the pictures and report at the end')
+
+
+def _run_options(p: argparse.ArgumentParser, train: bool = True) -> argparse.ArgumentParser:
+    "The options of `train`, in groups; `lr-find` (`train=False`) has no schedule, resume or interpretation"
+    from cifar_fastai.run import RunConfig
+    d = RunConfig()
+    _data_options(p.add_argument_group('data', 'which images, how they are batched'), d)
+    _optimisation_options(p.add_argument_group('optimisation', 'SGD, its learning rate and the weight average'), d)
+    if train: _schedule_options(p.add_argument_group('schedule', 'epochs and how the learning rate changes'), d)
+    _augmentation_options(p.add_argument_group('augmentation', 'of the training images'), d)
+    _speed_options(p.add_argument_group('speed', 'precision, memory layout, processes'), d, train)
+    _output_options(p.add_argument_group('output', 'the run folder'), train)
     return p
 
 
 def parser(typed_only: bool = False) -> argparse.ArgumentParser:
     "The command line's parser; `typed_only`: `train`'s options of a run are left out unless typed, not defaulted"
-    from cifar_fastai.run import SCHEDULES, RunConfig
-    d = RunConfig()
+    from cifar_fastai import __version__
+    from cifar_fastai.run import RunConfig
     top = argparse.ArgumentParser(prog='cifar-fastai', description='Train and explain a CIFAR-10 ResNet18 with fastai')
+    top.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
     sub = top.add_subparsers(dest='command', required=True)
-    t = _train_options(sub.add_parser('train', help='train a ResNet18 and write a run folder'))
-    t.add_argument('--epochs', type=int, default=d.epochs, help='epochs (default %(default)s, as the reference reports)')
-    t.add_argument('--schedule', default=d.schedule, help=f"one of {', '.join(SCHEDULES)} (default %(default)s)")
-    t.add_argument('--warmup', type=float, help='plateau: share of the steps over which the rate ramps up (default 0.05)')
-    t.add_argument('--anneal', type=float, help='plateau: share of the steps at the end over which the rate decays '
-                                                'linearly to 0 (default 0.2)')
-    for name, kind in (('factor', float), ('patience', int), ('threshold', float), ('cooldown', int), ('min_lr', float)):
-        auto = name == 'patience'  # None: RunConfig takes a tenth of the epochs
-        t.add_argument(f"--plateau-{name.replace('_', '-')}", dest=f'plateau_{name}', type=kind,
-                       default=None if auto else getattr(d, f'plateau_{name}'),
-                       help=f"ReduceLROnPlateau {name} (default {'a tenth of --epochs, rounded down' if auto else '%(default)s'})")
-    t.add_argument('--no-interpret', dest='interpret', action='store_false', help='skip the pictures and report at the end')
-    t.add_argument('--sync-bn', action='store_true', help='synchronise batch norm across the processes of a data-parallel '
-                                                          'run (CUDA only; see docs/distributed.md)')
-    t.add_argument('--resume', type=Path, metavar='RUN', help='continue run folder RUN from its last complete epoch, '
-                                                              'with more --epochs if it is a plateau run')
+    t = _run_options(sub.add_parser('train', help='train a ResNet18 and write a run folder'))
     for action in t._actions if typed_only else []:  # argparse's list of them; `set_defaults` would convert SUPPRESS
         if action.dest in RunConfig.__dataclass_fields__: action.default = argparse.SUPPRESS
-    _train_options(sub.add_parser('lr-find', help='run only the learning-rate range test'))
+    _run_options(sub.add_parser('lr-find', help='run only the learning-rate range test'), train=False)
     for name, text in (('evaluate', 'print test accuracy overall and per class'),
                        ('interpret', 'write the interpretation pictures and report into the run folder'),
                        ('gradcam', 'write misclassified test images, their maps for the true and predicted class, '

@@ -37,7 +37,7 @@ class RunConfig:
     bs: int = 64                    # twice the steps per epoch of 128, for 5% less throughput on a CPU
     lr: float | str = 'find'        # a number, or 'find' for the suggestion of `lr_find`
     lr_suggestion: str = 'minimum'  # which of fastai's `lr_find` suggestions 'find' uses
-    lr_find_iters: int = 300        # batches of the range test: 'minimum' varied 1.2x over 4 seeds, 3x at fastai's 100
+    lr_find_iters: int | None = None  # batches of the range test; None: `lr_find_length` of the data (300 on CIFAR-10)
     lr_mult: float | None = None    # 'find' trains at this times the suggestion; None: by the budget (`budget_defaults`)
     momentum: float = 0.9
     wd: float = 5e-4
@@ -52,7 +52,7 @@ class RunConfig:
     plateau_patience: int | None = None  # None: by the budget, a tenth of the epochs
     plateau_threshold: float = 1e-4  # torch's; 0.1 made the plateau cut after epoch 4 but cost 0.5 points at epoch 5 with EMA
     plateau_cooldown: int = 0
-    plateau_min_lr: float = 0.
+    plateau_min_lr: float | None = None  # the rate's floor: a cut due there ends the run; None: PLATEAU_FLOOR x start
     pad: int | None = None          # reflection padding before a random 32x32 crop, 0 for none; None: by the budget
     flip: bool = True
     cutout: int = 16                # side of the square hole in pixels; 0: no cutout
@@ -77,7 +77,7 @@ class RunConfig:
             if not _is_a(getattr(self, f.name), f.type):
                 raise ConfigError(f"{_option(f.name)} must be {_kind_name(f.type)}, got {getattr(self, f.name)!r}")
         for name in ('epochs', 'bs', 'lr_find_iters', 'ema_every'):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{_option(name)} must be a whole number >= 1, got {getattr(self, name)!r}")
         if self.lr != 'find' and not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ConfigError(f"--lr must be a positive number or 'find', got {self.lr!r}")
@@ -87,7 +87,7 @@ class RunConfig:
                 raise ConfigError(f"{_option(name)} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if not self.lr_mult > 0: raise ConfigError(f"--lr-mult must be a positive number, got {self.lr_mult!r}")
         for name in ('momentum', 'wd', 'cutout_p', 'plateau_min_lr'):
-            if getattr(self, name) < 0: raise ConfigError(f"{_option(name)} must be >= 0, got {getattr(self, name)!r}")
+            if getattr(self, name) is not None and getattr(self, name) < 0: raise ConfigError(f"{_option(name)} must be >= 0, got {getattr(self, name)!r}")
         for name in ('label_smoothing', 'ema', 'valid_pct'):
             if not 0 <= getattr(self, name) < 1: raise ConfigError(f"{_option(name)} must be in [0, 1), got {getattr(self, name)!r}")
         if self.plateau_patience < 0:

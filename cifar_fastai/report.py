@@ -170,8 +170,9 @@ def _epochs(rows: list) -> str:
 def _learning_rate(config: dict, run: Path) -> str:
     if config.get('lr') != 'find': return f"Fixed learning rate {config.get('lr')} (`--lr`): no range test was run."
     found = config.get('lr_suggestions') or {}
-    others = ', '.join(f"{k} {v:.3g}" for k, v in found.items() if k not in ('lr', 'suggestion', 'mult'))
-    batches = f" of {config['lr_find_iters']} batches" if config.get('lr_find_iters') else ''
+    others = ', '.join(f"{k} {v:.3g}" for k, v in found.items() if k not in ('lr', 'suggestion', 'mult', 'num_it'))
+    iters = found.get('num_it') or config.get('lr_find_iters')  # runs before `num_it` ran `lr_find_iters` batches
+    batches = f" of {iters} batches" if iters else ''
     text = (f"fastai's `lr_find` (LR range test{batches}) suggested **{config.get('found_lr'):.3g}** "
             f"(rule: {found.get('suggestion', 'valley')}; all rules: {others or 'not recorded'}); "
             f"training used {config.get('lr_used'):.3g}" + (f" ({config['lr_mult']:g} x the suggestion, `--lr-mult`)."

@@ -26,10 +26,15 @@ from cifar_fastai.loaders import cifar_dls, ds_idx_of_test
 from cifar_fastai.recipe import WarmupAnneal
 from cifar_fastai.transforms import cifar_augs
 
-__all__ = ['SCHEDULES', 'RunConfig', 'ConfigError', 'train', 'find_lr', 'run_dls', 'run_learner', 'read_config',
-           'recorded_data']
+__all__ = ['SCHEDULES', 'RunConfig', 'ConfigError', 'train', 'find_lr', 'lr_find_length', 'run_dls', 'run_learner',
+           'read_config', 'recorded_data']
 
 METRICS, WEIGHTS, EXPORT, LR_PLOT = 'metrics.csv', 'model.pth', 'export.pkl', 'lr_find.png'
+# The range test's length: 300 batches, measured on full CIFAR-10 (BENCHMARKS.md: 'minimum' varied 1.2x over 4 seeds,
+# 3x at fastai's 100), is 0.4 passes there; on a small set it is capped at a few passes, as a longer test retrains
+# on the same images (the 500-image sample: 38 passes, most of a 50-epoch run's time)
+LR_FIND_ITERS, LR_FIND_PASSES, LR_FIND_MIN = 300, 5, 20
+PLATEAU_FLOOR = 1e-3  # the plateau's default floor, times the starting rate: three cuts by 0.1
 
 
 def recorded_data(record: dict) -> str | None:
@@ -54,7 +59,7 @@ def run_dls(config: RunConfig, data: str | None = None, test_only: bool = False,
 def run_learner(dls, config: RunConfig, path: Path) -> Learner:
     "The `Learner` of `config`, keeping its files in `path`"
     plateau = dict(factor=config.plateau_factor, patience=config.plateau_patience, threshold=config.plateau_threshold,
-                   cooldown=config.plateau_cooldown, min_lr=config.plateau_min_lr)
+                   cooldown=config.plateau_cooldown, stop_at_min_lr=True)  # `min_lr` once the starting rate is known
     lr = config.lr if config.lr != 'find' else 0.01  # replaced by the finder's suggestion before fitting
     return cifar_learner(dls, lr=lr, momentum=config.momentum, wd=config.wd, wd_mode=config.wd_mode,
                          precision=config.precision, channels_last=config.channels_last, plateau=plateau,
@@ -63,16 +68,24 @@ def run_learner(dls, config: RunConfig, path: Path) -> Learner:
                          path=path, model_dir='.')
 
 
-def find_lr(learn: Learner, plot_path: Path | None = None, suggestion: str = 'minimum', num_it: int = 100,
+def lr_find_length(n_batches: int) -> int:
+    "Batches of the range test on data of `n_batches` a pass: `LR_FIND_ITERS`, at most `LR_FIND_PASSES` passes"
+    return max(min(LR_FIND_ITERS, LR_FIND_PASSES * n_batches), LR_FIND_MIN)  # fewer leave the rules too few points
+
+
+def find_lr(learn: Learner, plot_path: Path | None = None, suggestion: str = 'minimum', num_it: int | None = None,
             mult: float = 1.) -> dict:
     "fastai's LR range test (weights and optimizer restored afterwards): every suggestion, `mult` x `suggestion` under 'lr'"
-    if suggestion not in LR_SUGGESTIONS: raise ConfigError(f"--lr-suggestion must be one of {', '.join(LR_SUGGESTIONS)}, got {suggestion!r}")
+    # num_it: batches of the test; None: `lr_find_length` of the training data
+    if suggestion not in LR_SUGGESTIONS:
+        raise ConfigError(f"--lr-suggestion must be one of {', '.join(LR_SUGGESTIONS)}, got {suggestion!r}")
+    num_it = num_it or lr_find_length(len(learn.dls.train))
     learn.lr_find(num_it=num_it, show_plot=False, suggest_funcs=None)
     found = _suggestions(learn.recorder, num_it)
     if found[suggestion] is None:
         raise ConfigError(f"lr_find recorded too few points for the '{suggestion}' rule: raise --lr-find-iters "
                           f"(now {num_it}) or choose another --lr-suggestion")
-    found |= {'lr': mult * found[suggestion], 'suggestion': suggestion, 'mult': mult}
+    found |= {'lr': mult * found[suggestion], 'suggestion': suggestion, 'mult': mult, 'num_it': num_it}
     if plot_path is not None: _plot_lr_find(learn, found, plot_path)
     return found
 
@@ -119,10 +132,11 @@ def _versions() -> dict:
 
 
 def _write_config(run: Path, config: RunConfig, learn: Learner, lr: float, dls, found: dict | None):
-    record = {**asdict(config), 'found_lr': found[found['suggestion']] if found else None, 'lr_suggestions': found, 'lr_used': lr,
+    record = {**asdict(config), 'found_lr': found[found['suggestion']] if found else None, 'lr_suggestions': found,
+              'lr_used': lr, 'plateau_min_lr_used': learn.reduce_lr_on_plateau.min_lr,
               'precision_used': learn.precision, 'device': str(dls.device), 'data_source': dls.data.source,
-              'classes': list(dls.vocab), 'n_train': len(dls.train_ds), 'n_valid': len(dls.valid_ds) if config.valid_pct else 0,
-              'n_test': len(dls[ds_idx_of_test(dls)].dataset),
+              'classes': list(dls.vocab), 'n_train': len(dls.train_ds),
+              'n_valid': len(dls.valid_ds) if config.valid_pct else 0, 'n_test': len(dls[ds_idx_of_test(dls)].dataset),
               'processes': max(num_distrib(), 1), **_versions(), 'format': CONFIG_FORMAT}
     _write_record(run, record)
 
@@ -180,6 +194,7 @@ def _resume(learn: Learner, run: Path, saved: _Saved, log) -> tuple:
     "Put `saved`'s checkpoint into `learn` (none: start again as saved), and `run`'s files in agreement with it"
     config, state = saved.config, saved.state
     done = restore_checkpoint(learn, state, run / CHECKPOINT) if state else 0
+    _set_floor(learn, config, saved.record['lr_used'])
     if not rank_distrib(): _tidy(run, learn.epoch_record.rows, saved)
     longer = f" (extended from {saved.record['epochs']}" if config.epochs != saved.record['epochs'] else ''
     if longer and (config.warmup or config.anneal):  # shares of the steps: of the new length from now on
@@ -189,6 +204,12 @@ def _resume(learn: Learner, run: Path, saved: _Saved, log) -> tuple:
         f"{run} has no complete epoch: starting it again with its saved options and learning rate")
     if state is None or config.schedule == 'one-cycle': return done, saved.record['lr_used']
     return done, [h['lr'] for h in learn.opt.hypers]
+
+
+def _set_floor(learn: Learner, config: RunConfig, start: float):
+    "The plateau's lowest rate: `--plateau-min-lr`, or `PLATEAU_FLOOR` times the starting rate `start`"
+    floor = config.plateau_min_lr
+    learn.reduce_lr_on_plateau.min_lr = PLATEAU_FLOOR * start if floor is None else floor
 
 
 def _tidy(run: Path, rows: list, saved: _Saved):
@@ -211,10 +232,19 @@ def _start(learn: Learner, run: Path, config: RunConfig, parallel, log) -> tuple
     "Find the learning rate if asked and write `config.json`: no epochs done, and the rate to train with"
     found = _find_lr_on_main(learn, run, config, parallel) if config.lr == 'find' else None
     lr = found['lr'] if found else float(config.lr)
+    _set_floor(learn, config, lr)
     if found: log(f"lr_find suggests {found[config.lr_suggestion]:.3g} ({config.lr_suggestion}); training at "
                   f"{config.lr_mult:g} x that = {lr:.3g}; plot in {run / LR_PLOT}")
     if not rank_distrib(): _write_config(run, config, learn, lr, learn.dls, found)
     return 0, lr
+
+
+def _log_early_end(learn: Learner, config: RunConfig, log):
+    "Say so when the plateau ended the run: a cut was due with the rate at its floor"
+    done, plateau = len(learn.epoch_record.rows), learn.reduce_lr_on_plateau
+    if not plateau.bottomed_out or done >= config.epochs: return
+    log(f"Stopped after epoch {done} of {config.epochs}: the {'validation' if config.valid_pct else 'test'} loss "
+        f"stopped improving with the learning rate at its floor, {plateau.min_lr:.3g} (--plateau-min-lr)")
 
 
 def _quiet(learn: Learner) -> ExitStack:
@@ -251,5 +281,6 @@ def train(config: RunConfig | None, out, resume: bool = False, cbs=None, log=pri
             done, lr = _resume(learn, run, saved, log) if resume else _start(learn, run, config, parallel, log)
             log(f"Training {config.epochs - done} epochs, precision {learn.precision}, schedule {config.schedule}")
             _fit(learn, config, lr, run, start_epoch=done, cbs=cbs, parallel=parallel)
+        _log_early_end(learn, config, log)
         if main: _save_final(learn, run)
     return learn

@@ -35,7 +35,8 @@ def table(runs: list) -> str:
 def describe(run) -> str:
     c = read_config(run)
     mult = f" x {c['lr_mult']:g}" if c.get('lr_mult', 1) != 1 else ''  # runs before `lr_mult` trained at the suggestion
-    batches = f" of {c['lr_find_iters']} batches" if c.get('lr_find_iters') else ''
+    iters = (c.get('lr_suggestions') or {}).get('num_it') or c.get('lr_find_iters')  # `num_it`: the length used
+    batches = f" of {iters} batches" if iters else ''
     lr = f"lr {c['lr_used']:.3g} ({'lr_find' + batches + ' ' + c['lr_suggestion'] + mult if c['lr'] == 'find' else 'fixed'})"
     schedule = (f"plateau (patience {c['plateau_patience']}, threshold {c['plateau_threshold']:g})" if c['schedule'] == 'plateau'
                 else c['schedule'])

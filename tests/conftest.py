@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1')  # albumentations otherwise checks for updates online
-os.environ.setdefault('MPLBACKEND', 'Agg')
+os.environ.setdefault('MPLBACKEND', 'Agg')  # no display needed for the pictures; before matplotlib is imported
+import cifar_fastai  # noqa: E402,F401  first, as a user would: it keeps albumentations, which tests import, offline
 
 
 @pytest.fixture(scope='session')

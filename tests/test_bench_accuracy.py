@@ -17,6 +17,7 @@ def _run(folder, accuracies, **config):
     "A run folder as `train` leaves it, with these test accuracies per epoch"
     folder.mkdir()
     record = {**asdict(RunConfig()), 'lr_mult': 4., 'lr_used': 0.0053, 'found_lr': 0.001325, 'precision_used': 'bf16',
+              'lr_suggestions': {'minimum': 0.001325, 'num_it': 300},
               'n_train': 50000, 'n_test': 10000, 'processor': 'Test CPU', **config}
     (folder/'config.json').write_text(json.dumps(record))
     write_metrics(folder/'metrics.csv', [dict(epoch=e, train_loss=1., train_accuracy=.5, test_loss=.9, test_accuracy=a,

@@ -89,6 +89,21 @@ def test_plateau_lowers_the_rate_the_optimizer_uses_during_fit(dls):
     assert learn.opt.hypers[0]['lr'] == pytest.approx(0.005)
 
 
+def test_plateau_stopping_at_its_floor_ends_the_fit_when_a_cut_is_due_there(dls):
+    # only the first epoch improves: cuts after epochs 2 and 3 reach the floor, the one due after epoch 4 ends the fit
+    learn = _learner(dls, dict(factor=0.5, patience=0, threshold=100, threshold_mode='abs', min_lr=0.01,
+                               stop_at_min_lr=True))
+    learn.fit(8, 0.04)
+    assert [r['lr'] for r in learn.epoch_record.rows] == pytest.approx([0.04, 0.04, 0.02, 0.01])
+    assert learn.reduce_lr_on_plateau.bottomed_out and learn.reduce_lr_on_plateau.state_dict()['bottomed_out']
+
+
+def test_plateau_without_the_stop_trains_on_at_its_floor_as_torch_does(dls):
+    learn = _learner(dls, dict(factor=0.5, patience=0, threshold=100, threshold_mode='abs', min_lr=0.01))
+    learn.fit(6, 0.04)
+    assert [r['lr'] for r in learn.epoch_record.rows] == pytest.approx([0.04, 0.04, 0.02, 0.01, 0.01, 0.01])
+
+
 def test_plateau_leaves_one_cycle_alone(dls):
     strict = dict(factor=0.5, patience=0, threshold=100, threshold_mode='abs')
     runs = []

@@ -28,6 +28,7 @@ def test_config_records_the_options_the_found_lr_and_versions(sample_run):
     assert config['found_lr'] == config['lr_suggestions']['minimum'] > 0 and config['lr_mult'] == 5
     assert config['lr_used'] == pytest.approx(5 * config['found_lr'], rel=1e-12)
     assert config['torch'] == torch.__version__ and config['n_train'] == 500 and config['n_test'] == 200
+    assert config['plateau_min_lr'] is None and config['plateau_min_lr_used'] == pytest.approx(config['lr_used'] / 1000)
     assert config['data_source'].startswith('bundled sample')
 
 
@@ -148,3 +149,18 @@ def test_format_row_reads_like_the_progress_table():
     (['train', '--epochs', '5', '--plateau-patience', '3'], 3)])
 def test_plateau_patience_defaults_to_a_tenth_of_the_epochs(argv, patience):
     assert cli._config(cli.parser().parse_args(argv)).plateau_patience == patience
+
+
+def test_a_run_whose_rate_bottoms_out_ends_says_so_and_stays_ended_on_resume(tmp_path, monkeypatch):
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+    write_folders(tmp_path / 'data', classes=('cat', 'dog'), n=8)
+    # threshold 0.99: only epoch 1 counts as better; the cut after epoch 2 reaches the floor, the next one is due there
+    config = dict(data=str(tmp_path / 'data'), epochs=8, bs=4, lr=0.02, plateau_patience=0, plateau_threshold=0.99,
+                  plateau_min_lr=0.002, interpret=False)
+    runs = [[], []]
+    for resume, lines in zip((False, True), runs):
+        train(RunConfig(**config), tmp_path / 'run', resume=resume, log=lines.append, progress=False)
+        assert [r['lr'] for r in read_metrics(tmp_path / 'run' / 'metrics.csv')] == pytest.approx([0.02, 0.02, 0.002])
+    stop = ('Stopped after epoch 3 of 8: the test loss stopped improving with the learning rate at its floor, 0.002 '
+            '(--plateau-min-lr)')
+    assert runs[0][-1] == runs[1][-1] == stop
