@@ -84,7 +84,8 @@ class ReduceLROnPlateau(Callback):
         for h, lr in zip(self.opt.hypers, lrs): h['lr'] = lr
 
     def state_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ('best', 'num_bad_epochs', 'cooldown_counter', 'last_epoch', 'bottomed_out')}
+        names = ('best', 'num_bad_epochs', 'cooldown_counter', 'last_epoch', 'bottomed_out')
+        return {k: getattr(self, k) for k in names}
 
     def load_state_dict(self, state: dict):
         for k in ('best', 'num_bad_epochs', 'cooldown_counter', 'last_epoch'): setattr(self, k, state[k])

@@ -17,15 +17,18 @@ def _positive_float_or_find(text: str):
 
 
 def _data_options(g, d):
-    g.add_argument('--data', help="CIFAR-10 folder (batches or class folders), 'sample' or 'cifar10' (download); default: "
-                                  "full CIFAR-10 from $CIFAR10_DIR, fastai's data folder or ./data, else the bundled sample")
+    g.add_argument('--data', help="CIFAR-10 folder (batches or class folders), 'sample' or 'cifar10' (download); "
+                                  "default: full CIFAR-10 from $CIFAR10_DIR, fastai's data folder or ./data, else the "
+                                  "bundled sample")
     g.add_argument('--valid-pct', type=float, default=d.valid_pct,
-                   help='share of each class of train held out to validate on, the plateau watching it; the test split '
-                        'is then predicted each epoch too (default %(default)s: the test split validates, as the reports)')
+                   help='share of each class of train held out to validate on, the plateau watching it; the test '
+                        'split is then predicted each epoch too (default %(default)s: the test split validates, as the '
+                        'reports)')
     g.add_argument('--bs', type=int, default=d.bs, help='batch size (default %(default)s)')
     g.add_argument('--workers', type=int, default=d.workers, help='data loader processes (default: 0 on CPU)')
     g.add_argument('--skip-bad', action='store_true', help='skip unreadable or wrongly sized images, and say how many')
-    g.add_argument('--seed', type=int, default=d.seed, help='random seed of weights, order and augmentation (default %(default)s)')
+    g.add_argument('--seed', type=int, default=d.seed,
+                   help='random seed of weights, order and augmentation (default %(default)s)')
 
 
 def _optimisation_options(g, d):
@@ -44,22 +47,24 @@ def _optimisation_options(g, d):
     g.add_argument('--wd-mode', default=d.wd_mode, help="'l2' (added to the gradient, default) or 'decoupled'")
     g.add_argument('--label-smoothing', type=float, default=d.label_smoothing,
                    help='label smoothing of the cross-entropy, in [0, 1) (default %(default)s)')
-    g.add_argument('--ema', type=float, default=d.ema, help='decay per step of an average of the weights that is tested '
-                                                         'and kept at the end, in [0, 1); 0 for none (default %(default)s)')
+    g.add_argument('--ema', type=float, default=d.ema, help='decay per step of an average of the weights that is '
+                                                         'tested and kept at the end, in [0, 1); 0 for none '
+                                                         '(default %(default)s)')
     g.add_argument('--ema-every', type=int, default=d.ema_every,
                    help='steps between updates of that average (default %(default)s)')
 
 
 def _schedule_options(g, d):
     from cifar_fastai.run import SCHEDULES
-    g.add_argument('--epochs', type=int, default=d.epochs, help='epochs (default %(default)s, as the reference reports)')
+    g.add_argument('--epochs', type=int, default=d.epochs, help='epochs (default %(default)s, as the reports)')
     g.add_argument('--schedule', default=d.schedule, help=f"one of {', '.join(SCHEDULES)} (default %(default)s)")
     g.add_argument('--warmup', type=float, help='plateau: share of the steps over which the rate ramps up (default 0.05)')
     g.add_argument('--anneal', type=float, help='plateau: share of the steps at the end over which the rate decays '
                                                 'linearly to 0 (default 0.2)')
     auto = {'patience': 'a tenth of --epochs, rounded down',  # None in `RunConfig`: worked out from other options
             'min_lr': 'a thousandth of the starting rate; a cut due there ends the run'}
-    for name, kind in (('factor', float), ('patience', int), ('threshold', float), ('cooldown', int), ('min_lr', float)):
+    kinds = dict(factor=float, patience=int, threshold=float, cooldown=int, min_lr=float)
+    for name, kind in kinds.items():
         g.add_argument(f"--plateau-{name.replace('_', '-')}", dest=f'plateau_{name}', type=kind,
                        default=getattr(d, f'plateau_{name}') if name not in auto else None,
                        help=f"ReduceLROnPlateau {name} (default {auto.get(name, '%(default)s')})")
@@ -77,9 +82,11 @@ def _augmentation_options(g, d):
 def _speed_options(g, d, train: bool):
     from cifar_fastai.precision import PRECISIONS
     g.add_argument('--precision', default=d.precision, help=f"one of {', '.join(PRECISIONS)} (default %(default)s)")
-    g.add_argument('--no-channels-last', dest='channels_last', action='store_false', help='keep the default memory layout')
-    if train: g.add_argument('--sync-bn', action='store_true', help='synchronise batch norm across the processes of a '
-                                                                   'data-parallel run (CUDA only; see docs/distributed.md)')
+    g.add_argument('--no-channels-last', dest='channels_last', action='store_false',
+                   help='keep the default memory layout')
+    if train: g.add_argument('--sync-bn', action='store_true', help='synchronise batch norm across the processes of '
+                                                                   'a data-parallel run (CUDA only; see '
+                                                                   'docs/distributed.md)')
 
 
 def _output_options(g, train: bool):
@@ -87,7 +94,8 @@ def _output_options(g, train: bool):
     if not train: return
     g.add_argument('--resume', type=Path, metavar='RUN', help='continue run folder RUN from its last complete epoch, '
                                                               'with more --epochs if it is a plateau run')
-    g.add_argument('--no-interpret', dest='interpret', action='store_false', help='skip the pictures and report at the end')
+    g.add_argument('--no-interpret', dest='interpret', action='store_false',
+                   help='skip the pictures and report at the end')
 
 
 def _run_options(p: argparse.ArgumentParser, train: bool = True) -> argparse.ArgumentParser:

@@ -183,7 +183,8 @@ def _learning_rate(config: dict, run: Path) -> str:
 def _configuration(config: dict) -> str:
     def g(key): return config.get(key, 'n/a')
     lr = f"{g('lr')} (found {config['found_lr']:.3g})" if config.get('found_lr') else g('lr')
-    plateau = ('ReduceLROnPlateau on test loss: ' + ', '.join(f"{k} {g('plateau_' + k)}" for k in
+    used = {'min_lr': config.get('plateau_min_lr_used', g('plateau_min_lr'))}  # None asks for a floor from the rate
+    plateau = ('ReduceLROnPlateau on test loss: ' + ', '.join(f"{k} {used.get(k, g('plateau_' + k))}" for k in
                ('factor', 'patience', 'threshold', 'cooldown', 'min_lr'))) if g('schedule') == 'plateau' else g('schedule')
     crop = f"pad {g('pad')} (reflect) + random 32x32 crop" if config.get('pad') else 'no crop'
     augs = f"{crop}, horizontal flip {g('flip')}, cutout {g('cutout')}x{g('cutout')} with p {g('cutout_p')}"

@@ -8,7 +8,8 @@ __all__ = ['DEPENDENCY_WARNINGS', 'quiet_imports']
 # (category, start of the message) of warnings that dependencies raise about their own code while being imported
 DEPENDENCY_WARNINGS = [
     (FutureWarning, r'`torch\.jit\.script` is deprecated'),  # fastai.layers scripts its activations at import
-    (Warning, r'IProgress not found'),  # albumentations imports huggingface_hub, whose tqdm.auto wants ipywidgets in Jupyter
+    # albumentations imports huggingface_hub, whose `tqdm.auto` asks for ipywidgets in Jupyter
+    (Warning, r'IProgress not found'),
 ]
 
 

@@ -13,7 +13,7 @@ import statistics
 import time
 from pathlib import Path
 
-from cifar_fastai.run import RunConfig, find_lr, run_dls, run_learner
+from cifar_fastai.run import LR_FIND_ITERS, RunConfig, find_lr, run_dls, run_learner
 
 
 def measure(data, seed: int, iters: int, out: Path, suggestion: str = 'minimum') -> dict:
@@ -53,7 +53,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--data', default=None, help='as `cifar-fastai train --data`')
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 42, 3])
-    p.add_argument('--iters', type=int, nargs='+', default=[100, RunConfig.lr_find_iters], help='range-test lengths')
+    p.add_argument('--iters', type=int, nargs='+', default=[100, LR_FIND_ITERS], help='range-test lengths')
     p.add_argument('--suggestion', default=RunConfig.lr_suggestion)
     p.add_argument('--out', type=Path, default=Path('runs/lr-find'))
     p.add_argument('--runs', type=Path, help='print the table of this folder and stop')

@@ -18,9 +18,10 @@ def fold(monkeypatch):
 def _run(folder, accuracies, shadows=None, **config):
     "A run folder as `train` (and `bench_ema.py`, for `shadows`: {decay: accuracies}) leaves it"
     folder.mkdir()
-    (folder / 'config.json').write_text(json.dumps(dict(schedule='plateau', lr='find', bs=64, seed=0, lr_used=0.005) | config))
-    write_metrics(folder / 'metrics.csv', [dict(epoch=e, train_loss=1., train_accuracy=.5, test_loss=.9, test_accuracy=a,
-                                                lr=.005, seconds=60.) for e, a in enumerate(accuracies, 1)])
+    record = dict(schedule='plateau', lr='find', bs=64, seed=0, lr_used=0.005) | config
+    (folder / 'config.json').write_text(json.dumps(record))
+    write_metrics(folder / 'metrics.csv', [dict(epoch=e, train_loss=1., train_accuracy=.5, test_loss=.9, lr=.005,
+                                                test_accuracy=a, seconds=60.) for e, a in enumerate(accuracies, 1)])
     if shadows:
         rows = [dict(epoch=e, decay=d, test_loss=.9, test_accuracy=a) for d, accs in shadows.items()
                 for e, a in enumerate(accs, 1)]

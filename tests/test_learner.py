@@ -90,3 +90,21 @@ def test_label_smoothing_loss_is_the_hand_computed_mixture(dls, eps):
 
 def test_label_smoothing_out_of_range_is_refused(dls):
     with pytest.raises(ValueError, match='label_smoothing'): cifar_learner(dls, label_smoothing=1.0)
+
+
+@pytest.mark.parametrize('n_batches,iters', [
+    (781, 300),  # full CIFAR-10 at bs 64: 300 batches, 0.4 passes, as measured
+    (60, 300),   # 5 passes would be 300: either rule
+    (7, 35),     # the bundled sample's 500 images at bs 64 (the last, partial batch dropped): 5 passes
+    (2, 20)])    # 5 passes would leave the suggestion rules too few points
+def test_the_range_test_runs_300_batches_or_5_passes_over_smaller_data(n_batches, iters):
+    from cifar_fastai.run import lr_find_length
+    assert lr_find_length(n_batches) == iters
+
+
+def test_find_lr_without_a_length_follows_the_data(dls, tmp_path):
+    from cifar_fastai.run import find_lr
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3072, 10))
+    learn = cifar_learner(dls, model=model, path=tmp_path, precision='fp32', channels_last=False)
+    found = find_lr(learn)  # 64 images at bs 32: 2 batches a pass
+    assert found['num_it'] == 20 and 10 < len(learn.recorder.lrs) <= 20

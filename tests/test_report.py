@@ -106,6 +106,9 @@ def small_run(folder, lr_config: dict):
     (dict(lr='find', found_lr=0.0123, lr_used=0.0123), ['suggested **0.0123**', '![LR range test](lr_find.png)']),
     (dict(lr='find', found_lr=0.0123, lr_used=0.0492, lr_mult=4., lr_find_iters=300),
      ['range test of 300 batches) suggested **0.0123**', 'training used 0.0492 (4 x the suggestion']),
+    (dict(lr='find', found_lr=0.0123, lr_used=0.0492, lr_mult=4., lr_find_iters=None,  # the length followed the data
+          lr_suggestions=dict(minimum=0.0123, lr=0.0492, suggestion='minimum', mult=4., num_it=35)),
+     ['range test of 35 batches) suggested **0.0123** (rule: minimum; all rules: minimum 0.0123)']),
     (dict(lr=0.05, found_lr=None, lr_used=0.05), ['Fixed learning rate 0.05'])])
 def test_report_gives_the_learning_rate_and_how_it_was_chosen(tmp_path, lr_config, expected):
     p = Predictions(torch.eye(3)[[0, 1, 2, 0]], torch.tensor([0, 1, 2, 1]), ['cat', 'dog', 'frog'])
@@ -130,3 +133,9 @@ def test_configuration_table_names_the_crop_label_smoothing_and_weight_average(p
     assert text in table and '| label smoothing | 0.1 |' in table
     assert '| weight average | EMA, decay 0.998 per step, updated every 4 steps' in table
     assert '| weight average | none |' in _configuration(dict(pad=pad, ema=0.))
+
+
+def test_configuration_table_gives_the_plateau_floor_the_run_used():
+    from cifar_fastai.report import _configuration
+    table = _configuration(dict(schedule='plateau', plateau_factor=0.1, plateau_min_lr=None, plateau_min_lr_used=5e-6))
+    assert 'ReduceLROnPlateau on test loss: factor 0.1, patience n/a, threshold n/a, cooldown n/a, min_lr 5e-06' in table
