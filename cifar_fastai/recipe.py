@@ -11,7 +11,7 @@ def budget_defaults(epochs: int, schedule: str = 'plateau') -> dict:
     return dict(
         plateau_patience=epochs // 10,       # a tenth of the budget: 0 at 5 epochs, 5 at 50 (torch's 10 never acts)
         pad=4 if epochs >= 10 else 0,        # a 4-pixel random translation, as every anchor past 20 epochs; at 5 epochs
-                                             # it cost accuracy (docs/results/sweep, the p-*-pad0 runs)
+                                             # it cost accuracy (docs/results/sweeps.csv: oc-lr1-pad0, full-one-cycle)
         lr_mult=5. if schedule == 'plateau' else 20.,  # x lr_find's 'minimum'; one-cycle peaks higher, after its warm-up
         warmup=0. if schedule != 'plateau' else 0.05,  # share of the steps the plateau's rate ramps up over
         anneal=0. if schedule != 'plateau' else 0.2,   # share of the steps it decays linearly to 0 over, at the end

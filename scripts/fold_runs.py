@@ -4,7 +4,7 @@ taught, so that the sweeps behind BENCHMARKS.md need no folder each.
 A run folder's `config.json` gives the options, its `metrics.csv` the accuracies; each decay that `scripts/bench_ema.py`
 scored beside a run (`shadow_averages.csv`) is a row of its own, named RUN@emaDECAY. Run by hand.
 
-    python scripts/fold_runs.py docs/results/sweep/* --out docs/results/sweeps.csv
+    cd docs/results && python ../../scripts/fold_runs.py full-plateau sweep/x2-seed42 ... --out sweeps.csv
     python scripts/fold_runs.py --markdown docs/results/sweeps.csv          # the CSV as a table for BENCHMARKS.md
 
 The folders folded into docs/results/sweeps.csv are in the history of the repository: `git log -- docs/results/sweep`

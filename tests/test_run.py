@@ -156,7 +156,7 @@ def test_a_run_whose_rate_bottoms_out_ends_says_so_and_stays_ended_on_resume(tmp
     write_folders(tmp_path / 'data', classes=('cat', 'dog'), n=8)
     # threshold 0.99: only epoch 1 counts as better; the cut after epoch 2 reaches the floor, the next one is due there
     config = dict(data=str(tmp_path / 'data'), epochs=8, bs=4, lr=0.02, plateau_patience=0, plateau_threshold=0.99,
-                  plateau_min_lr=0.002, interpret=False)
+                  plateau_min_lr=0.002, warmup=0., anneal=0., interpret=False)  # the plateau's rates alone
     runs = [[], []]
     for resume, lines in zip((False, True), runs):
         train(RunConfig(**config), tmp_path / 'run', resume=resume, log=lines.append, progress=False)
