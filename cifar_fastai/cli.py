@@ -58,7 +58,8 @@ def _schedule_options(g, d):
     from cifar_fastai.run import SCHEDULES
     g.add_argument('--epochs', type=int, default=d.epochs, help='epochs (default %(default)s, as the reports)')
     g.add_argument('--schedule', default=d.schedule, help=f"one of {', '.join(SCHEDULES)} (default %(default)s)")
-    g.add_argument('--warmup', type=float, help='plateau: share of the steps over which the rate ramps up (default 0.05)')
+    g.add_argument('--warmup', type=float,
+                   help='plateau: share of the steps over which the rate ramps up (default 0.05)')
     g.add_argument('--anneal', type=float, help='plateau: share of the steps at the end over which the rate decays '
                                                 'linearly to 0 (default 0.2)')
     auto = {'patience': 'a tenth of --epochs, rounded down',  # None in `RunConfig`: worked out from other options
@@ -115,7 +116,8 @@ def parser(typed_only: bool = False) -> argparse.ArgumentParser:
     "The command line's parser; `typed_only`: `train`'s options of a run are left out unless typed, not defaulted"
     from cifar_fastai import __version__
     from cifar_fastai.run import RunConfig
-    top = argparse.ArgumentParser(prog='cifar-fastai', description='Train and explain a CIFAR-10 ResNet18 with fastai')
+    top = argparse.ArgumentParser(prog='cifar-fastai', description='Train and explain a CIFAR-10 ResNet18 with fastai',
+                                  usage='%(prog)s [-h] [--version] COMMAND ...')  # one line above an error
     top.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
     sub = top.add_subparsers(dest='command', required=True)
     t = _run_options(sub.add_parser('train', help='train a ResNet18 and write a run folder'))

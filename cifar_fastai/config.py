@@ -87,7 +87,8 @@ class RunConfig:
                 raise ConfigError(f"{_option(name)} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if not self.lr_mult > 0: raise ConfigError(f"--lr-mult must be a positive number, got {self.lr_mult!r}")
         for name in ('momentum', 'wd', 'cutout_p', 'plateau_min_lr'):
-            if getattr(self, name) is not None and getattr(self, name) < 0: raise ConfigError(f"{_option(name)} must be >= 0, got {getattr(self, name)!r}")
+            v = getattr(self, name)
+            if v is not None and v < 0: raise ConfigError(f"{_option(name)} must be >= 0, got {v!r}")
         for name in ('label_smoothing', 'ema', 'valid_pct'):
             if not 0 <= getattr(self, name) < 1: raise ConfigError(f"{_option(name)} must be in [0, 1), got {getattr(self, name)!r}")
         if self.plateau_patience < 0:

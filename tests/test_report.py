@@ -138,4 +138,5 @@ def test_configuration_table_names_the_crop_label_smoothing_and_weight_average(p
 def test_configuration_table_gives_the_plateau_floor_the_run_used():
     from cifar_fastai.report import _configuration
     table = _configuration(dict(schedule='plateau', plateau_factor=0.1, plateau_min_lr=None, plateau_min_lr_used=5e-6))
-    assert 'ReduceLROnPlateau on test loss: factor 0.1, patience n/a, threshold n/a, cooldown n/a, min_lr 5e-06' in table
+    assert ('ReduceLROnPlateau on test loss: factor 0.1, patience n/a, threshold n/a, cooldown n/a, min_lr 5e-06'
+            in table)
