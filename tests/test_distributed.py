@@ -11,10 +11,10 @@ from fastai.callback.core import Callback
 from torch import nn
 
 from cifar_fastai.distributed import broadcast_value, revert_sync_batchnorm, single_process, start_process_group
-from tests.helpers import InterruptAfter
+from tests.helpers import InterruptAfter, tiny_models
 
 WORLD = 2
-LIMIT = 900  # seconds before a hang fails the test; the launch takes about 70 on two shared cores
+LIMIT = 900  # seconds before a hang fails the test; the launch takes about 20 on two busy cores
 
 
 class DrawnIndices(Callback):
@@ -45,7 +45,12 @@ def _save(learn, path: Path):
 
 
 def _worker(rank: int, port: int, tmp: Path):
-    "One process of the launch, as torchrun would start it: a found-lr run, then an interrupted and resumed one"
+    "One process of the launch, as torchrun would start it: tiny models, as what is shared does not depend on them"
+    with tiny_models(): _runs(rank, port, tmp)
+
+
+def _runs(rank: int, port: int, tmp: Path):
+    "A found-lr run, an interrupted and resumed one, a refused folder, a NaN and an error on process 1"
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_WORLD_SIZE=str(WORLD),
                       MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     from cifar_fastai.callbacks import NonFiniteLossError
