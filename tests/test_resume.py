@@ -13,36 +13,56 @@ from cifar_fastai import io
 from cifar_fastai.callbacks import read_metrics
 from cifar_fastai.checkpoint import CHECKPOINT, load_checkpoint
 from cifar_fastai.run import RunConfig, train
-from tests.helpers import InterruptAfter
+from tests.helpers import InterruptAfter, tiny_models
+from tests.test_data import write_folders
 
 quiet = dict(log=lambda *a: None)
 
 
+@pytest.fixture
+def tiny():
+    "What a run keeps and restores does not depend on its model: a tiny one keeps each run to a second"
+    with tiny_models(): yield
+
+
 def _config(**kw):
-    # patience 0 and factor 0.5: the plateau lowers the rate within three epochs, so its state must survive
-    return RunConfig(**{**dict(data='sample', epochs=3, lr=0.02, interpret=False, plateau_patience=0,
-                               plateau_factor=0.5, bs=64), **kw})
+    # patience 1 and a threshold no epoch meets: the plateau halves the rate after epoch 2, once its count of epochs
+    # without progress reached 2, so a run stopped after epoch 1 must keep that count
+    return RunConfig(**{**dict(data='sample', epochs=3, lr=0.02, interpret=False, plateau_patience=1,
+                               plateau_factor=0.5, plateau_threshold=10., bs=64), **kw})
 
 
+@pytest.mark.usefixtures('tiny')
 @pytest.mark.parametrize('schedule,ema', [('plateau', dict(ema=0.)), ('one-cycle', dict(ema=0.)), ('plateau', dict(ema=0.9, ema_every=3))])
 def test_resume_gives_the_weights_and_lrs_of_an_uninterrupted_run(tmp_path, schedule, ema):
     # ema_every 3 with 7 steps an epoch: the step count of the average must survive the stop too
     full = train(_config(schedule=schedule, **ema), tmp_path / 'full', **quiet)
     with pytest.raises(KeyboardInterrupt):
-        train(_config(schedule=schedule, **ema), tmp_path / 'cut', cbs=[InterruptAfter(2)], **quiet)
-    assert load_checkpoint(tmp_path / 'cut')['epoch'] == 2
+        train(_config(schedule=schedule, **ema), tmp_path / 'cut', cbs=[InterruptAfter(1)], **quiet)
+    assert load_checkpoint(tmp_path / 'cut')['epoch'] == 1
     assert (load_checkpoint(tmp_path / 'cut')['ema'] is not None) == bool(ema['ema'])
     resumed = train(_config(schedule=schedule, **ema), tmp_path / 'cut', resume=True, **quiet)
     a, b = read_metrics(tmp_path / 'full' / 'metrics.csv'), read_metrics(tmp_path / 'cut' / 'metrics.csv')
     assert [r['epoch'] for r in b] == [1, 2, 3]
     assert [r['lr'] for r in b] == pytest.approx([r['lr'] for r in a], rel=1e-6)
     assert [r['test_loss'] for r in b] == pytest.approx([r['test_loss'] for r in a], rel=1e-4)
+    if schedule == 'plateau': assert [h['lr'] for h in full.opt.hypers] == [0.02 * 0.5]  # the one cut, after epoch 2
+    assert [h['lr'] for h in resumed.opt.hypers] == pytest.approx([h['lr'] for h in full.opt.hypers], rel=1e-12)
+    assert resumed.reduce_lr_on_plateau.state_dict() == full.reduce_lr_on_plateau.state_dict()
     for (k, v), w in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.allclose(v.float(), w.float(), atol=1e-5), k
 
 
-def _cli(*args):
-    return [sys.executable, '-m', 'cifar_fastai.cli', 'train', '--data', 'sample', '--lr', '0.02', '--bs', '64',
+@pytest.fixture(scope='module')
+def small_data(tmp_path_factory):
+    "Class folders of 2 x 40 random images in train and test: an epoch of the real ResNet18 in a second or two"
+    root = tmp_path_factory.mktemp('small_data')
+    write_folders(root, n=40)
+    return root
+
+
+def _cli(data, *args):
+    return [sys.executable, '-m', 'cifar_fastai.cli', 'train', '--data', str(data), '--lr', '0.02', '--bs', '16',
             '--no-interpret', *args]
 
 
@@ -57,16 +77,17 @@ def _wait_for_epoch(run, n, proc, timeout=300):
 
 
 @pytest.mark.parametrize('sig', [signal.SIGKILL, signal.SIGTERM])  # SIGINT takes the SIGTERM path
-def test_a_killed_run_resumes_with_no_epoch_lost_or_repeated(tmp_path, sig):
+def test_a_killed_run_resumes_with_no_epoch_lost_or_repeated(tmp_path, sig, small_data):
     run = tmp_path / 'run'
-    proc = subprocess.Popen(_cli('--epochs', '3', '--out', str(run)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(_cli(small_data, '--epochs', '3', '--out', str(run)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     _wait_for_epoch(run, 1, proc)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     done = load_checkpoint(run)['epoch']
     assert 1 <= done < 3 and [r['epoch'] for r in read_metrics(run / 'metrics.csv')] == list(range(1, done + 1))
     if sig != signal.SIGKILL: assert proc.returncode == 1 and f'--resume {run}' in err
-    resumed = subprocess.run(_cli('--resume', str(run)), capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(_cli(small_data, '--resume', str(run)), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert [r['epoch'] for r in read_metrics(run / 'metrics.csv')] == [1, 2, 3]
     assert not list(run.glob('.*.tmp'))  # no half-written file left behind
@@ -79,6 +100,7 @@ class BlowUpAt(Callback):
         if self.epoch + 1 == self.n: self.opt.set_hypers(lr=1e12)
 
 
+@pytest.mark.usefixtures('tiny')
 def test_a_non_finite_loss_stops_the_run_naming_epoch_and_batch(tmp_path):
     from cifar_fastai.callbacks import NonFiniteLossError
     with pytest.raises(NonFiniteLossError, match=r'at epoch 2, batch \d+.*lower --lr'):
@@ -101,6 +123,7 @@ class FillDiskAfter(Callback):
         self.monkeypatch.setattr(io.torch, 'save', full_disk)
 
 
+@pytest.mark.usefixtures('tiny')
 def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
     fill = FillDiskAfter(1, tmp_path, monkeypatch)
     with pytest.raises(OSError, match='Could not write .*checkpoint.pth.*intact'):
