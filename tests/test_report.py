@@ -16,15 +16,15 @@ from cifar_fastai.run import ConfigError
 
 @pytest.fixture(scope='module')
 def reported(sample_run):
-    "The sample run after `interpret_run`, maps scored on 3 test images: (learn, run folder, paths written, report)"
+    "The sample run after `interpret_run`, 5 mistakes drawn, maps scored on 3 test images: (learn, run, paths, report)"
     learn, run = sample_run
-    paths = interpret_run(learn, run, faithfulness_images=3, faithfulness_steps=2)
+    paths = interpret_run(learn, run, k=5, faithfulness_images=3, faithfulness_steps=2)
     return learn, run, paths, (run / REPORT).read_text()
 
 
 def test_interpret_run_writes_every_picture_the_faithfulness_table_then_the_report(reported):
-    _, run, paths, _ = reported
-    assert [p.name for p in paths] == [*PICTURES.values(), FAITHFULNESS, REPORT]
+    _, run, paths, text = reported
+    assert [p.name for p in paths] == [*PICTURES.values(), FAITHFULNESS, REPORT] and 'the 5 most confident' in text
     for p in paths[:-2]:
         with Image.open(p) as im: assert im.format == 'PNG' and min(im.size) > 100
 
