@@ -170,7 +170,8 @@ def _epochs(rows: list) -> str:
 def _learning_rate(config: dict, run: Path) -> str:
     if config.get('lr') != 'find': return f"Fixed learning rate {config.get('lr')} (`--lr`): no range test was run."
     found = config.get('lr_suggestions') or {}
-    others = ', '.join(f"{k} {v:.3g}" for k, v in found.items() if k not in ('lr', 'suggestion', 'mult', 'num_it'))
+    others = ', '.join(f"{k} {v:.3g}" if v is not None else f"{k} found nothing"
+                       for k, v in found.items() if k not in ('lr', 'suggestion', 'mult', 'num_it'))
     iters = found.get('num_it') or config.get('lr_find_iters')  # runs before `num_it` ran `lr_find_iters` batches
     batches = f" of {iters} batches" if iters else ''
     text = (f"fastai's `lr_find` (LR range test{batches}) suggested **{config.get('found_lr'):.3g}** "

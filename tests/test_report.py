@@ -109,6 +109,9 @@ def small_run(folder, lr_config: dict):
     (dict(lr='find', found_lr=0.0123, lr_used=0.0492, lr_mult=4., lr_find_iters=None,  # the length followed the data
           lr_suggestions=dict(minimum=0.0123, lr=0.0492, suggestion='minimum', mult=4., num_it=35)),
      ['range test of 35 batches) suggested **0.0123** (rule: minimum; all rules: minimum 0.0123)']),
+    (dict(lr='find', found_lr=0.01, lr_used=0.05, lr_mult=5.,  # a short test in which one rule found nothing
+          lr_suggestions=dict(valley=None, minimum=0.01, lr=0.05, suggestion='minimum', mult=5., num_it=20)),
+     ['(rule: minimum; all rules: valley found nothing, minimum 0.01)']),
     (dict(lr=0.05, found_lr=None, lr_used=0.05), ['Fixed learning rate 0.05'])])
 def test_report_gives_the_learning_rate_and_how_it_was_chosen(tmp_path, lr_config, expected):
     p = Predictions(torch.eye(3)[[0, 1, 2, 0]], torch.tensor([0, 1, 2, 1]), ['cat', 'dog', 'frog'])
