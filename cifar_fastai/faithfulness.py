@@ -44,40 +44,45 @@ def _probabilities(model: nn.Module, images: torch.Tensor, bs: int) -> torch.Ten
                           for b in images.split(bs)])
 
 
-def _curves(model, start, end, maps, targets, steps: int, seed: int, bs: int) -> torch.Tensor:
+def _ends(model, x: torch.Tensor, bs: int) -> dict:
+    "Probabilities of `x`, of its pixels all removed (0) and of it blurred: every curve's ends, whatever the map"
+    return dict(image=_probabilities(model, x, bs), removed=_probabilities(model, torch.zeros_like(x[:1]), bs),
+                blurred=_probabilities(model, blur(x), bs))
+
+
+def _curves(model, start, end, maps, targets, steps: int, seed: int, bs: int, ends) -> torch.Tensor:
     "Probability (B, steps+1) of `targets` as the most highlighted pixels of `maps` go from `start` to `end`"
     if not isinstance(steps, int) or steps < 1: raise ValueError(f"`steps` must be a whole number >= 1, got {steps!r}")
     if maps.shape != start.shape[:1] + start.shape[2:]:
         raise ValueError(f"maps of shape {tuple(maps.shape)} for images of {tuple(start.shape)}; "
                          "pass one (H,W) map per image")
     (b, c, h, w), n = start.shape, start.shape[-2] * start.shape[-1]
-    counts = torch.tensor([round(k * n / steps) for k in range(steps + 1)], device=start.device).view(1, -1, 1, 1, 1)
+    counts = torch.tensor([round(k * n / steps) for k in range(1, steps)], device=start.device).view(1, -1, 1, 1, 1)
     ranks = _ranks(maps, seed).to(start.device).view(b, 1, 1, h, w)
-    chunk = max(1, bs // (steps + 1))  # images whose steps make a batch of about `bs`: memory stays bounded
-    probs = torch.cat([_probabilities(model, torch.where(r < counts, e[:, None], s[:, None]).flatten(0, 1), bs)
-                       for s, e, r in zip(start.split(chunk), end.split(chunk), ranks.split(chunk))])
-    probs = probs.view(b, steps + 1, -1)
+    chunk = max(1, bs // max(1, steps - 1))  # images whose inner steps make a batch of about `bs`: bounded memory
+    first, last = (p.expand(b, -1) for p in ends)  # no pixel moved yet, and all of them: the same for every map
+    inner = [_probabilities(model, torch.where(r < counts, e[:, None], s[:, None]).flatten(0, 1), bs)
+             for s, e, r in zip(start.split(chunk), end.split(chunk), ranks.split(chunk)) if steps > 1]
+    inner = torch.cat(inner).view(b, steps - 1, -1) if inner else first.new_empty(b, 0, first.shape[1])
+    probs = torch.cat([first[:, None], inner, last[:, None]], 1)
     t = class_targets(targets, probs[:, 0], 'faithfulness')
     return probs.gather(2, t[:, None, None].expand(b, steps + 1, 1))[..., 0]
 
 
-def _predicted(model, x, targets, bs: int):
-    "`targets`, or the classes `model` predicts for `x` when None"
-    return _probabilities(model, x, bs).argmax(1) if targets is None else targets
-
-
 def deletion_curves(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, targets=None, steps: int = 8,
-                    seed: int = 0, bs: int = 256) -> torch.Tensor:
+                    seed: int = 0, bs: int = 256, ends: dict | None = None) -> torch.Tensor:
     "Probability (B, steps+1) of `targets` (None: predicted) as the most highlighted pixels turn 0 (the mean colour)"
-    targets = _predicted(model, x, targets, bs)
-    return _curves(model, x, torch.zeros_like(x), maps, targets, steps, seed, bs)
+    ends = ends or _ends(model, x, bs)
+    targets = ends['image'].argmax(1) if targets is None else targets
+    return _curves(model, x, torch.zeros_like(x), maps, targets, steps, seed, bs, (ends['image'], ends['removed']))
 
 
 def insertion_curves(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, targets=None, steps: int = 8,
-                     seed: int = 0, bs: int = 256) -> torch.Tensor:
+                     seed: int = 0, bs: int = 256, ends: dict | None = None) -> torch.Tensor:
     "Probability (B, steps+1) of `targets` (None: predicted) as the most highlighted pixels enter the blurred image"
-    targets = _predicted(model, x, targets, bs)
-    return _curves(model, blur(x), x, maps, targets, steps, seed, bs)
+    ends = ends or _ends(model, x, bs)
+    targets = ends['image'].argmax(1) if targets is None else targets
+    return _curves(model, blur(x), x, maps, targets, steps, seed, bs, (ends['blurred'], ends['image']))
 
 
 def auc(curves: torch.Tensor) -> torch.Tensor:
@@ -86,22 +91,22 @@ def auc(curves: torch.Tensor) -> torch.Tensor:
 
 
 def faithfulness(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, targets=None, steps: int = 8,
-                 seed: int = 0, bs: int = 256) -> dict:
+                 seed: int = 0, bs: int = 256, ends: dict | None = None) -> dict:
     "Deletion (lower is better) and insertion (higher is better) areas (B,) of `maps` for normalised images `x`"
-    targets = _predicted(model, x, targets, bs)
-    return dict(deletion=auc(deletion_curves(model, x, maps, targets, steps, seed, bs)),
-                insertion=auc(insertion_curves(model, x, maps, targets, steps, seed, bs)))
+    ends = ends or _ends(model, x, bs)
+    return {name: auc(curves(model, x, maps, targets, steps, seed, bs, ends))
+            for name, curves in (('deletion', deletion_curves), ('insertion', insertion_curves))}
 
 
 def stage_faithfulness(model: nn.Module, x: torch.Tensor, targets, layers: Sequence[str], methods=tuple(CAMS),
                        steps: int = 8, seed: int = 0, bs: int = 256) -> list:
     "Rows (layer, method, deletion (B,), insertion (B,)) of each of `methods` and of random maps at each of `layers`"
-    rows, sizes = [], None
+    rows, sizes, ends = [], None, _ends(model, x, bs)  # the curves' ends, computed once for every map
     for method in methods:
         with CAMS[method](model, list(layers)) as cam: maps, sizes = cam(x, targets), cam.sizes
-        rows += [dict(layer=l, method=method, **faithfulness(model, x, m, targets, steps, seed, bs))
+        rows += [dict(layer=l, method=method, **faithfulness(model, x, m, targets, steps, seed, bs, ends))
                  for l, m in zip(layers, maps)]
     for i, (l, grid) in enumerate(zip(layers, sizes or [])):  # noise on the layer's own grid, as smooth as its maps
         noise = random_maps(len(x), grid, x.shape[-2:], seed + i)
-        rows.append(dict(layer=l, method=RANDOM, **faithfulness(model, x, noise, targets, steps, seed, bs)))
+        rows.append(dict(layer=l, method=RANDOM, **faithfulness(model, x, noise, targets, steps, seed, bs, ends)))
     return sorted(rows, key=lambda r: list(layers).index(r['layer']))

@@ -81,6 +81,15 @@ def test_insertion_curve_equals_pytorch_grad_cam_keeping_the_most_relevant_over_
     assert torch.allclose(curves[:, -1], softmax_at(model, x, targets), atol=TOL)
 
 
+def test_one_step_curves_are_the_image_and_its_end(reference):
+    model, x, maps, targets = reference
+    deletion, insertion = (f(copy.deepcopy(model), x, maps, targets, 1) for f in (deletion_curves, insertion_curves))
+    blurred = torch.stack([reference_blur(i) for i in x])
+    expected = [softmax_at(model, x, targets), softmax_at(model, torch.zeros_like(x), targets)]
+    assert torch.allclose(deletion, torch.stack(expected, 1), atol=TOL)
+    assert torch.allclose(insertion, torch.stack([softmax_at(model, blurred, targets), expected[0]], 1), atol=TOL)
+
+
 def test_scores_are_the_trapezoidal_areas_of_the_curves(reference):
     model, x, maps, targets = reference
     scores = faithfulness(copy.deepcopy(model), x, maps, targets, STEPS)
