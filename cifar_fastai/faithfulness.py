@@ -36,7 +36,7 @@ def _ranks(maps: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 def _probabilities(model: nn.Module, images: torch.Tensor, bs: int) -> torch.Tensor:
-    "Softmax probabilities (N, classes) of `model` in eval mode for `images`, `bs` at a time, in fp32 on the CPU"
+    "Softmax probabilities (N, classes) of `model` in eval mode, `bs` images at a time, fp32 unless `model` autocasts"
     p = next(model.parameters())
     images = images.as_subclass(torch.Tensor)  # a plain tensor out, also for fastai's `TensorImage` in
     with evaluating(model), torch.no_grad(), torch.autocast(p.device.type, enabled=False):
@@ -99,14 +99,15 @@ def faithfulness(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, targets=
 
 
 def stage_faithfulness(model: nn.Module, x: torch.Tensor, targets, layers: Sequence[str], methods=tuple(CAMS),
-                       steps: int = 8, seed: int = 0, bs: int = 256) -> list:
+                       steps: int = 8, seed: int = 0, bs: int = 256, scorer: nn.Module | None = None) -> list:
     "Rows (layer, method, deletion (B,), insertion (B,)) of each of `methods` and of random maps at each of `layers`"
-    rows, sizes, ends = [], None, _ends(model, x, bs)  # the curves' ends, computed once for every map
+    scorer = scorer or model  # what predicts the curves, e.g. `model` in its run's precision (`AutocastModule`)
+    rows, sizes, ends = [], None, _ends(scorer, x, bs)  # the curves' ends, computed once for every map
     for method in methods:
         with CAMS[method](model, list(layers)) as cam: maps, sizes = cam(x, targets), cam.sizes
-        rows += [dict(layer=l, method=method, **faithfulness(model, x, m, targets, steps, seed, bs, ends))
+        rows += [dict(layer=l, method=method, **faithfulness(scorer, x, m, targets, steps, seed, bs, ends))
                  for l, m in zip(layers, maps)]
     for i, (l, grid) in enumerate(zip(layers, sizes or [])):  # noise on the layer's own grid, as smooth as its maps
         noise = random_maps(len(x), grid, x.shape[-2:], seed + i)
-        rows.append(dict(layer=l, method=RANDOM, **faithfulness(model, x, noise, targets, steps, seed, bs, ends)))
+        rows.append(dict(layer=l, method=RANDOM, **faithfulness(scorer, x, noise, targets, steps, seed, bs, ends)))
     return sorted(rows, key=lambda r: list(layers).index(r['layer']))

@@ -16,6 +16,7 @@ from cifar_fastai.faithfulness import stage_faithfulness
 from cifar_fastai.gradcam import CAMS, cam_class, overlay
 from cifar_fastai.loaders import ds_idx_of_test
 from cifar_fastai.plots import blank_axes, save_figure
+from cifar_fastai.precision import AutocastModule, autocast_dtype
 
 __all__ = ['STAGES', 'MISTAKE_ORDERS', 'top_mistakes', 'raw_images', 'as_batch', 'gradcam_maps', 'measure_faithfulness',
            'plot_class_accuracy', 'plot_misclassified', 'plot_gradcam', 'PredictionsInterpretation',
@@ -68,7 +69,9 @@ def measure_faithfulness(learn: Learner, p: Predictions, n: int = 100, steps: in
     if not isinstance(n, int) or n < 1: raise ValueError(f"`n` (test images to score maps on) must be >= 1, got {n!r}")
     idxs = torch.randperm(len(p.targets), generator=torch.Generator().manual_seed(seed))[:n].sort().values
     x = as_batch(learn.dls, raw_images(learn, idxs))
-    return stage_faithfulness(learn.model, x, p.preds[idxs], layers, methods, steps, seed)
+    dtype = autocast_dtype(learn)  # the probabilities as the run predicts them: in bf16 2.5x faster on a CPU with it
+    scorer = AutocastModule(learn.model, dtype) if dtype else None
+    return stage_faithfulness(learn.model, x, p.preds[idxs], layers, methods, steps, seed, scorer=scorer)
 
 
 def _title(p: Predictions, i: int) -> str:

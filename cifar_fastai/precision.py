@@ -4,7 +4,8 @@ from fastai.callback import channelslast
 from fastai.callback.core import Callback, CancelStepException
 from fastai.torch_core import to_float
 
-__all__ = ['PRECISIONS', 'resolve_precision', 'cpu_has_bf16', 'Autocast', 'ChannelsLast']
+__all__ = ['PRECISIONS', 'resolve_precision', 'cpu_has_bf16', 'Autocast', 'AutocastModule', 'autocast_dtype',
+           'ChannelsLast']
 
 PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
 DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -22,6 +23,22 @@ def resolve_precision(precision: str, device) -> str:
     device = torch.device(device)
     if device.type == 'cuda': return 'bf16' if torch.cuda.is_bf16_supported() else 'fp16'
     return 'bf16' if device.type == 'cpu' and cpu_has_bf16() else 'fp32'
+
+
+class AutocastModule(torch.nn.Module):
+    "`module` with its forward pass under `torch.autocast(dtype)` on its device, outputs in fp32: a run's precision"
+    def __init__(self, module: torch.nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.module, self.dtype = module, dtype
+
+    def forward(self, *args):
+        with torch.autocast(next(self.module.parameters()).device.type, dtype=self.dtype):
+            return to_float(self.module(*args))
+
+
+def autocast_dtype(learn) -> torch.dtype | None:
+    "The dtype `learn` computes its forward passes in (its `Autocast` callback's), None in fp32"
+    return next((cb.dtype for cb in learn.cbs if isinstance(cb, Autocast)), None)
 
 
 class Autocast(Callback):

@@ -14,6 +14,9 @@ from torch import nn
 from cifar_fastai.faithfulness import (BLUR_KERNEL, BLUR_SIGMA, RANDOM, auc, deletion_curves, faithfulness,
                                        insertion_curves, random_maps, stage_faithfulness)
 from cifar_fastai.gradcam import CAMS, LayerCAM
+from cifar_fastai.learner import cifar_learner
+from cifar_fastai.loaders import cifar_dls
+from cifar_fastai.precision import AutocastModule, autocast_dtype
 
 TOL = 1e-5  # probabilities against pytorch-grad-cam's (float32)
 STEPS = 8
@@ -210,3 +213,21 @@ def test_stage_rows_cover_every_method_and_random_maps_at_each_stage():
     expected = faithfulness(model, x, maps, targets, steps=2)
     assert all(torch.equal(layercam[k], expected[k]) for k in ('deletion', 'insertion'))
     assert all(r['deletion'].shape == r['insertion'].shape == (2,) for r in rows)
+
+
+def test_a_scorer_in_bf16_gives_the_curves_of_the_model_under_autocast(reference):
+    model, x, maps, targets = reference
+    scorer = AutocastModule(copy.deepcopy(model), torch.bfloat16)
+    rows = stage_faithfulness(model, x, targets, ['3'], methods=['layercam'], steps=2, scorer=scorer)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16): logits = model(x)
+    bf16 = logits.float().softmax(1).gather(1, targets[:, None])[:, 0]
+    assert torch.allclose(deletion_curves(scorer, x, maps, targets, 2)[:, 0], bf16, atol=1e-6)
+    assert not torch.allclose(bf16, softmax_at(model, x, targets), atol=1e-6)  # bf16 does move the probabilities
+    with LayerCAM(model, ['3']) as cam: (layercam,) = cam(x, targets)  # the maps stay fp32's
+    assert torch.equal(rows[0]['deletion'], faithfulness(scorer, x, layercam, targets, 2)['deletion'])
+
+
+def test_a_learner_scores_maps_in_the_precision_it_predicts_in():
+    dls = cifar_dls('sample', bs=16, seed=0)
+    for precision, dtype in (('bf16', torch.bfloat16), ('fp32', None)):
+        assert autocast_dtype(cifar_learner(dls, model=tiny_net(), precision=precision, channels_last=False)) == dtype
