@@ -11,6 +11,7 @@ from fastai.callback.schedule import ParamScheduler
 from cifar_fastai.collective import all_reduce_sum, broadcast_value, in_process_group, is_main
 from cifar_fastai.errors import UserError
 from cifar_fastai.io import atomic_write
+from cifar_fastai.precision import autocast_dtype
 
 __all__ = ['ReduceLROnPlateau', 'EpochRecord', 'TestPass', 'NonFiniteLossError', 'StopOnNonFinite', 'METRIC_COLUMNS',
            'format_row']
@@ -167,7 +168,7 @@ class TestPass(Callback):
 
     def after_validate(self):
         if not _in_fit(self.learn) or len(self.dls.loaders) < 3: return
-        dtype = self.learn.autocast.dtype if hasattr(self.learn, 'autocast') else None  # the `Autocast` callback
+        dtype = autocast_dtype(self.learn)
         layout = torch.channels_last if hasattr(self.learn, 'channels_last') else torch.contiguous_format
         device = next(self.model.parameters()).device
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
