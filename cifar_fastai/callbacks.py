@@ -41,7 +41,8 @@ class ReduceLROnPlateau(Callback):
                  eps: float = 1e-8, stop_at_min_lr: bool = False):
         # stop_at_min_lr: end the fit when a cut is due and no rate can go lower (torch keeps training at `min_lr`)
         if mode not in ('min', 'max'): raise ValueError(f"`mode` must be 'min' or 'max', got {mode!r}")
-        if threshold_mode not in ('rel', 'abs'): raise ValueError(f"`threshold_mode` must be 'rel' or 'abs', got {threshold_mode!r}")
+        if threshold_mode not in ('rel', 'abs'):
+            raise ValueError(f"`threshold_mode` must be 'rel' or 'abs', got {threshold_mode!r}")
         if not 0 < factor < 1: raise ValueError(f"`factor` must be in (0, 1), got {factor!r}")
         self.monitor, self.mode, self.factor, self.patience = monitor, mode, factor, patience
         self.threshold, self.threshold_mode, self.cooldown, self.min_lr = threshold, threshold_mode, cooldown, min_lr

@@ -202,7 +202,8 @@ def _lr_find(args):
     out = ensure_writable_dir(args.out or _default_out())
     config = _config(args).check()
     learn = run_learner(run_dls(config), config, out)
-    with _bars(learn): found = find_lr(learn, out / 'lr_find.png', config.lr_suggestion, config.lr_find_iters, config.lr_mult)
+    with _bars(learn):
+        found = find_lr(learn, out / 'lr_find.png', config.lr_suggestion, config.lr_find_iters, config.lr_mult)
     (out / 'lr_find.json').write_text(json.dumps(found, indent=2))
     print(f"lr_find suggests {found[config.lr_suggestion]:.3g} ({config.lr_suggestion}); `train` would use "
           f"{config.lr_mult:g} x that = {found['lr']:.3g}; all: {found}; plot in {out / 'lr_find.png'}")

@@ -90,10 +90,12 @@ class RunConfig:
             v = getattr(self, name)
             if v is not None and v < 0: raise ConfigError(f"{_option(name)} must be >= 0, got {v!r}")
         for name in ('label_smoothing', 'ema', 'valid_pct'):
-            if not 0 <= getattr(self, name) < 1: raise ConfigError(f"{_option(name)} must be in [0, 1), got {getattr(self, name)!r}")
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{_option(name)} must be in [0, 1), got {getattr(self, name)!r}")
         if self.plateau_patience < 0:
             raise ConfigError(f"--plateau-patience must be a whole number >= 0, got {self.plateau_patience!r}")
-        if not 0 < self.plateau_factor < 1: raise ConfigError(f"--plateau-factor must be in (0, 1), got {self.plateau_factor!r}")
+        if not 0 < self.plateau_factor < 1:
+            raise ConfigError(f"--plateau-factor must be in (0, 1), got {self.plateau_factor!r}")
         try: WarmupAnneal(self.warmup, self.anneal)
         except ValueError as e: raise ConfigError(f"--warmup/--anneal: {e}") from None
         return self

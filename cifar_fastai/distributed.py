@@ -141,5 +141,5 @@ def revert_sync_batchnorm(module: nn.Module) -> nn.Module:
     bn = nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
     if module.affine: bn.weight, bn.bias = module.weight, module.bias  # the optimizer keeps these very tensors
     if module.track_running_stats:
-        bn.running_mean, bn.running_var, bn.num_batches_tracked = module.running_mean, module.running_var, module.num_batches_tracked
+        for name in ('running_mean', 'running_var', 'num_batches_tracked'): setattr(bn, name, getattr(module, name))
     return bn.train(module.training)

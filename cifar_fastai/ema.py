@@ -24,7 +24,8 @@ class EMA(Callback):
         # every: steps between updates, each weighing the live weights as `every` steps would (decay ** every); one
         # update of the ResNet18 (a memory-bound lerp of 11.2M floats) takes ~12 ms, 3-4% of a 2-core bf16 step of bs 64
         if not 0 < decay < 1: raise ValueError(f"`decay` of the weight average must be in (0, 1), got {decay!r}")
-        if not (isinstance(every, int) and every >= 1): raise ValueError(f"`every` must be a whole number >= 1, got {every!r}")
+        if not (isinstance(every, int) and every >= 1):
+            raise ValueError(f"`every` must be a whole number >= 1, got {every!r}")
         self.decay, self.every, self.avg, self.n, self.live, self.active = decay, every, None, 0, None, False
         self.floats = self.counts = None  # (averages, live tensors) pairs of one fit, split by dtype in `before_fit`
 

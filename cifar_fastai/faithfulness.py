@@ -101,7 +101,8 @@ def faithfulness(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, targets=
 def stage_faithfulness(model: nn.Module, x: torch.Tensor, targets, layers: Sequence[str], methods=tuple(CAMS),
                        steps: int = 8, seed: int = 0, bs: int = 256, scorer: nn.Module | None = None) -> list:
     "Rows (layer, method, deletion (B,), insertion (B,)) of each of `methods` and of random maps at each of `layers`"
-    scorer = model if scorer is None else scorer  # what predicts the curves, e.g. `model` in its run's precision (`AutocastModule`)
+    # what predicts the curves, e.g. `model` in its run's precision (`AutocastModule`)
+    scorer = model if scorer is None else scorer
     rows, sizes, ends = [], None, _ends(scorer, x, bs)  # the curves' ends, computed once for every map
     for method in methods:
         with CAMS[method](model, list(layers)) as cam: maps, sizes = cam(x, targets), cam.sizes

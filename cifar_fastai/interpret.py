@@ -28,7 +28,8 @@ MISTAKE_ORDERS = ('confident', 'random', 'first')
 
 def top_mistakes(p: Predictions, k: int = 25, order: str = 'confident', seed: int | None = None) -> torch.Tensor:
     "Test indices of `k` misclassified images: most `confident` wrong prediction first, `random` (with `seed`) or `first`"
-    if order not in MISTAKE_ORDERS: raise ValueError(f"`order` must be one of {', '.join(MISTAKE_ORDERS)}, got {order!r}")
+    if order not in MISTAKE_ORDERS:
+        raise ValueError(f"`order` must be one of {', '.join(MISTAKE_ORDERS)}, got {order!r}")
     if not isinstance(k, int) or k < 0: raise ValueError(f"`k` must be a whole number >= 0, got {k!r}")
     wrong = (p.preds != p.targets).nonzero().flatten()
     if order == 'confident':

@@ -71,7 +71,8 @@ def cifar_learner(dls, model=None, lr: float = 0.05, momentum: float = 0.9, wd: 
     precision = resolve_precision(precision, dls.device)
     if precision == 'fp16' and dls.device.type == 'cpu':  # measured: one ResNet18 backward 68 s in fp16, 0.1 s in bf16
         warnings.warn("fp16 on a CPU has no fast convolution kernels and trains hundreds of times slower: use 'bf16' or 'auto'")
-    extra = [StopOnNonFinite(), EpochRecord(), TestPass(), plateau] + ([Autocast(DTYPES[precision])] if precision in DTYPES else [])
+    autocast = [Autocast(DTYPES[precision])] if precision in DTYPES else []
+    extra = [StopOnNonFinite(), EpochRecord(), TestPass(), plateau] + autocast
     extra += ([ChannelsLast()] if channels_last else []) + ([ema if isinstance(ema, EMA) else EMA(ema)] if ema else [])
     loss_func = CrossEntropyLossFlat(label_smoothing=label_smoothing)
     learn = CifarLearner(dls, model.to(dls.device), loss_func=loss_func, opt_func=opt_func, lr=lr, wd=wd,

@@ -18,7 +18,8 @@ def cpu_has_bf16() -> bool:
 
 def resolve_precision(precision: str, device) -> str:
     "The precision `auto` stands for on `device`: bf16/fp16 mixed precision where the hardware has it, else fp32"
-    if precision not in PRECISIONS: raise ValueError(f"Unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"Unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if precision != 'auto': return precision
     device = torch.device(device)
     if device.type == 'cuda': return 'bf16' if torch.cuda.is_bf16_supported() else 'fp16'

@@ -31,7 +31,8 @@ class WarmupAnneal(Callback):
 
     def __init__(self, warmup: float = 0., anneal: float = 0.):
         for name, value in (('warmup', warmup), ('anneal', anneal)):
-            if not 0 <= value <= 1: raise ValueError(f"`{name}` (a share of the steps) must be in [0, 1], got {value!r}")
+            if not 0 <= value <= 1:
+                raise ValueError(f"`{name}` (a share of the steps) must be in [0, 1], got {value!r}")
         if warmup + anneal > 1: raise ValueError(f"`warmup` + `anneal` must be at most 1, got {warmup} + {anneal}")
         self.warmup, self.anneal, self.base = warmup, anneal, None
 

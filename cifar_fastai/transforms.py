@@ -23,7 +23,8 @@ def cifar_augs(pad: int = 0, flip: bool = True, cutout: int = 16, cutout_p: floa
                fill: Sequence[int] | None = None) -> A.Compose:
     "The reports' training pipeline, horizontal flip and a `cutout`x`cutout` hole; `pad` > 0 adds a reflect-pad random crop"
     for name, value in (('pad', pad), ('cutout', cutout)):
-        if not isinstance(value, int) or value < 0: raise ValueError(f"`{name}` must be a whole number >= 0, got {value!r}")
+        if not isinstance(value, int) or value < 0:
+            raise ValueError(f"`{name}` must be a whole number >= 0, got {value!r}")
     if not 0 <= cutout_p <= 1: raise ValueError(f"`cutout_p` must be a probability in [0, 1], got {cutout_p!r}")
     fill = tuple(round(255 * m) for m in CIFAR10_MEAN) if fill is None else tuple(fill)  # a hole normalises to ~0
     tfms = []
