@@ -1,4 +1,4 @@
-"Callbacks for a CIFAR run: ReduceLROnPlateau on the test loss, the per-epoch record, a stop on non-finite loss"
+"Callbacks for a CIFAR run: ReduceLROnPlateau, the per-epoch record and test pass (with flip TTA), a non-finite stop"
 import csv
 import math
 import time
@@ -17,8 +17,9 @@ __all__ = ['ReduceLROnPlateau', 'EpochRecord', 'TestPass', 'NonFiniteLossError',
            'format_row']
 
 # valid_*: the part of train held out by `valid_pct`, present only when there is one (else the test split validates)
+# test_tta_accuracy: with flip test-time augmentation, present when the run asked for it (`TestPass(tta=True)`)
 METRIC_COLUMNS = ('epoch', 'train_loss', 'train_accuracy', 'valid_loss', 'valid_accuracy', 'test_loss', 'test_accuracy',
-                  'lr', 'seconds')
+                  'test_tta_accuracy', 'lr', 'seconds')
 
 
 def _in_fit(learn) -> bool:
@@ -130,7 +131,7 @@ class EpochRecord(Callback):
         # On the model's device, read once in `after_epoch`: a read per batch would make the host wait for each step.
         device = next(self.model.parameters()).device
         dtype = torch.float32 if device.type == 'mps' else torch.float64  # MPS has no float64
-        self.sums = {k: torch.zeros(3, dtype=dtype, device=device) for k in ('train', 'valid', 'test')}
+        self.sums = {k: torch.zeros(3, dtype=dtype, device=device) for k in ('train', 'valid', 'test', 'tta')}
 
     def add(self, split: str, loss: torch.Tensor, pred: torch.Tensor, y: torch.Tensor):
         "Count a batch of `split` with mean `loss`, on the device, without reading a value"
@@ -145,16 +146,26 @@ class EpochRecord(Callback):
 
     def after_epoch(self):
         if not _in_fit(self.learn): return
-        # the epoch's read of the device; `TestPass` predicts the whole test split on every process: its sums are complete
-        sums = {k: (v if k == 'test' else all_reduce_sum(v)).tolist() for k, v in self.sums.items()}
+        sums = self._read_sums()
         if not sums['train'][2]: return  # an epoch skipped on resume
         if not sums['test'][2]: sums['test'], sums['valid'] = sums['valid'], sums['test']  # the loop tested
         row = dict(epoch=len(self.rows) + 1, **_means('train', sums['train']))
         if sums['valid'][2]: row |= _means('valid', sums['valid'])
-        row |= dict(**_means('test', sums['test']), lr=self.lr_sum / self.n_batches, seconds=time.time() - self.start)
+        row |= _means('test', sums['test'])
+        if sums['tta'][2]: row['test_tta_accuracy'] = sums['tta'][1] / sums['tta'][2]
+        row |= dict(lr=self.lr_sum / self.n_batches, seconds=time.time() - self.start)
         self.rows.append(row)
         if self.csv_path is not None and is_main(): write_metrics(self.csv_path, self.rows)
         if self.log is not None: self.log(format_row(row, self.n_epoch))
+
+
+    def _read_sums(self) -> dict:
+        "The epoch's sums as numbers, added up over the processes of a data-parallel run where they were split"
+        # `TestPass` predicts the whole test split on every process: its sums are complete (and so is 'tta' then)
+        local = {k: (v if k == 'test' else all_reduce_sum(v)) for k, v in self.sums.items() if k != 'tta'}
+        tested = bool(local['test'][2])  # the same on every process: each predicts all of the test split or none
+        local['tta'] = self.sums['tta'] if tested else all_reduce_sum(self.sums['tta'])
+        return {k: v.tolist() for k, v in local.items()}  # the epoch's one read of the device
 
 
 def _means(split: str, sums: list) -> dict:
@@ -164,18 +175,34 @@ def _means(split: str, sums: list) -> dict:
 
 
 class TestPass(Callback):
-    "After each validation of a fit on a held-out split, predict the test split too, into `EpochRecord`"
-    order = 4  # before `EMA` (5) puts the live weights back: the test split sees the model the validation saw
+    "Each epoch of a fit, predict the test split: after validating on a held-out split; mirrored too with `tta`"
+    order, run_valid = 4, True  # before `EMA` (5) puts the live weights back: the test split sees the validated model
+
+    def __init__(self, tta: bool = False): self.tta = tta  # record flip-TTA accuracy: one more forward per test image
+
+    def after_batch(self):
+        "When the loop validates on the test split, it predicted the plain view: add the mirrored one"
+        if self.tta and not self.training and _in_fit(self.learn) and len(self.dls.loaders) < 3:
+            self._add_tta(self.xb[0], self.pred, self.yb[0])
 
     def after_validate(self):
         if not _in_fit(self.learn) or len(self.dls.loaders) < 3: return
+        for xb, yb in self.dls[2]:
+            pred = self._predict(xb)
+            self.learn.epoch_record.add('test', self.learn.loss_func(pred, yb), pred, yb)
+            if self.tta: self._add_tta(xb, pred, yb)
+
+    def _add_tta(self, xb: torch.Tensor, pred: torch.Tensor, yb: torch.Tensor):
+        "Count the mean of the plain (`pred`) and the mirrored view's probabilities of `xb`"
+        probs = (pred.float().softmax(-1) + self._predict(xb.flip(-1)).softmax(-1)) / 2
+        self.learn.epoch_record.add('tta', probs.new_zeros(()), probs, yb)
+
+    def _predict(self, xb: torch.Tensor) -> torch.Tensor:
+        "The model's fp32 logits of `xb`, in the run's precision and memory layout, without gradients"
         dtype = autocast_dtype(self.learn)
         layout = torch.channels_last if hasattr(self.learn, 'channels_last') else torch.contiguous_format
-        device = next(self.model.parameters()).device
-        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            for xb, yb in self.dls[2]:
-                pred = self.model(xb.contiguous(memory_format=layout)).float()
-                self.learn.epoch_record.add('test', self.learn.loss_func(pred, yb), pred, yb)
+        with torch.no_grad(), torch.autocast(xb.device.type, dtype=dtype, enabled=dtype is not None):
+            return self.model(xb.contiguous(memory_format=layout)).float()
 
 
 def format_row(row: dict, n_epoch: int | None = None) -> str:
@@ -183,6 +210,7 @@ def format_row(row: dict, n_epoch: int | None = None) -> str:
     of = f"/{n_epoch}" if n_epoch else ''
     splits = ' | '.join(f"{split} loss {row[f'{split}_loss']:.4f} accuracy {row[f'{split}_accuracy']:.2%}"
                         for split in ('train', 'valid', 'test') if f'{split}_loss' in row)
+    if 'test_tta_accuracy' in row: splits += f" (flip TTA {row['test_tta_accuracy']:.2%})"
     return f"epoch {row['epoch']}{of}: {splits} | lr {row['lr']:.3g} | {row['seconds']:.0f} s"
 
 

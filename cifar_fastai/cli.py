@@ -97,6 +97,8 @@ def _output_options(g, train: bool):
                                                               'with more --epochs if it is a plateau run')
     g.add_argument('--no-interpret', dest='interpret', action='store_false',
                    help='skip the pictures and report at the end')
+    g.add_argument('--tta', action='store_true', help="record each epoch's test accuracy with flip test-time "
+                                                      "augmentation too (one more pass over the test images)")
 
 
 def _run_options(p: argparse.ArgumentParser, train: bool = True) -> argparse.ArgumentParser:

@@ -22,7 +22,7 @@ CONFIG = 'config.json'
 CONFIG_FORMAT = 1  # layout of config.json; a version of the package that this one would misread raises it
 # options added after the first runs, with the value that gives the behaviour of the runs saved before them
 ADDED_LATER = dict(lr_find_iters=100, lr_mult=1., label_smoothing=0., ema=0., ema_every=1, sync_bn=False, valid_pct=0.,
-                   warmup=0., anneal=0.)
+                   warmup=0., anneal=0., tta=False)
 RESUME_CHANGES = ('epochs', 'interpret')  # what `--resume` may change; every other option is the saved run's
 _FIX = 'put back a copy of the file, or start a new run'
 
@@ -63,6 +63,7 @@ class RunConfig:
     workers: int | None = None      # loader processes; None: 0 on CPU, a few beside a GPU
     skip_bad: bool = False
     interpret: bool = True          # write the pictures and report.md at the end
+    tta: bool = False               # record each epoch's test accuracy with flip TTA too (a test pass more)
     sync_bn: bool = False           # nn.SyncBatchNorm across the processes of a data-parallel run (CUDA only)
 
     def __post_init__(self):

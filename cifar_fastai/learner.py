@@ -57,9 +57,10 @@ class CifarLearner(Learner):
 
 def cifar_learner(dls, model=None, lr: float = 0.05, momentum: float = 0.9, wd: float = 5e-4, wd_mode: str = 'l2',
                   precision: str = 'auto', channels_last: bool = True, plateau: ReduceLROnPlateau | dict | None = None,
-                  label_smoothing: float = 0., ema: float | EMA = 0., cbs=None, **kwargs) -> Learner:
+                  label_smoothing: float = 0., ema: float | EMA = 0., tta: bool = False, cbs=None, **kwargs) -> Learner:
     "A `Learner` training `model` (default the CIFAR `resnet18`) with SGD + momentum and ReduceLROnPlateau on test loss"
     # ema: an `EMA` of the weights, tested and kept at the end, or its decay per step; 0 for none
+    # tta: record each epoch's test accuracy with flip test-time augmentation too (`TestPass`)
     if wd_mode not in WD_MODES: raise ValueError(f"`wd_mode` must be one of {WD_MODES}, got {wd_mode!r}")
     if not lr > 0: raise ValueError(f"`lr` must be a positive number, got {lr!r}")
     if not 0 <= label_smoothing < 1: raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing!r}")
@@ -72,7 +73,7 @@ def cifar_learner(dls, model=None, lr: float = 0.05, momentum: float = 0.9, wd: 
     if precision == 'fp16' and dls.device.type == 'cpu':  # measured: one ResNet18 backward 68 s in fp16, 0.1 s in bf16
         warnings.warn("fp16 on a CPU has no fast convolution kernels and trains hundreds of times slower: use 'bf16' or 'auto'")
     autocast = [Autocast(DTYPES[precision])] if precision in DTYPES else []
-    extra = [StopOnNonFinite(), EpochRecord(), TestPass(), plateau] + autocast
+    extra = [StopOnNonFinite(), EpochRecord(), TestPass(tta), plateau] + autocast
     extra += ([ChannelsLast()] if channels_last else []) + ([ema if isinstance(ema, EMA) else EMA(ema)] if ema else [])
     loss_func = CrossEntropyLossFlat(label_smoothing=label_smoothing)
     learn = CifarLearner(dls, model.to(dls.device), loss_func=loss_func, opt_func=opt_func, lr=lr, wd=wd,

@@ -162,9 +162,12 @@ def _reference(rows: list) -> str:
 
 
 def _epochs(rows: list) -> str:
-    return _table(['epoch', 'train loss', 'train accuracy', 'test loss', 'test accuracy', 'learning rate', 'seconds'],
+    tta = 'test_tta_accuracy' in rows[0]  # recorded by runs with --tta
+    head = ['epoch', 'train loss', 'train accuracy', 'test loss', 'test accuracy'] + ['with flip TTA'] * tta
+    return _table(head + ['learning rate', 'seconds'],
                   [(r['epoch'], f"{r['train_loss']:.4f}", _pct(r['train_accuracy']), f"{r['test_loss']:.4f}",
-                    _pct(r['test_accuracy']), f"{r['lr']:.3g}", f"{r['seconds']:.1f}") for r in rows])
+                    _pct(r['test_accuracy']), *([_pct(r['test_tta_accuracy'])] if tta else []), f"{r['lr']:.3g}",
+                    f"{r['seconds']:.1f}") for r in rows])
 
 
 def _learning_rate(config: dict, run: Path) -> str:

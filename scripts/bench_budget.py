@@ -1,8 +1,9 @@
 """Test accuracy of whole recipes at several budgets, plain and with flip TTA, beside the reports and public anchors.
 
 Reads finished run folders (`cifar-fastai train ... --out RUN`) and prints one markdown table: for each run, test
-accuracy at epochs 5, 10, 20, 30 and 50 (what `metrics.csv` recorded), at its last epoch plain and with flip
-test-time augmentation (its `model.pth` predicted again, which needs the run's data), and its wall-clock minutes.
+accuracy at epochs 5, 10, 20, 30 and 50 (what `metrics.csv` recorded: plain / flip TTA for runs trained with --tta),
+at its last epoch plain and with flip test-time augmentation (recorded, or else its `model.pth` predicted again, which
+needs the run's data), and its wall-clock minutes.
 Runs with a held-out split (`--valid-pct`) print their validation accuracy instead: those are the ones that choose.
 Run by hand; results go to BENCHMARKS.md.
 
@@ -32,14 +33,20 @@ def run_row(run: Path, tta: bool) -> list:
     "Name, recipe, accuracy at `EPOCHS`, last epoch plain and TTA, minutes: one table row for `run`"
     config, rows = read_config(run), read_metrics(run / METRICS)
     split = 'valid' if config.get('valid_pct') else 'test'
-    at = {r['epoch']: 100 * r[f'{split}_accuracy'] for r in rows}
-    last = rows[-1]['epoch']
-    final = f"{at[last]:.2f}" + (f" / {tta_accuracy(run):.2f}" if tta and split == 'test' else '')
+    at = {r['epoch']: _cell(r, split) for r in rows}
+    last = rows[-1]
+    final = at[last['epoch']]
+    if tta and split == 'test' and 'test_tta_accuracy' not in last: final += f" / {tta_accuracy(run):.2f}"
     minutes = sum(r['seconds'] for r in rows) / 60
     recipe = (f"{config['schedule']}, {config['epochs']} epochs, lr {config['lr_used']:.3g}, seed {config['seed']}"
               + (f", {split} {config['valid_pct']:.0%}" if split == 'valid' else ''))
-    return [f'`{run.name}`', recipe] + [f'{at[e]:.2f}' if e in at else '' for e in EPOCHS] + [
-        f'{last}: {final}', f'{minutes:.0f}']
+    return [f'`{run.name}`', recipe] + [at.get(e, '') for e in EPOCHS] + [f"{last['epoch']}: {final}", f'{minutes:.0f}']
+
+
+def _cell(row: dict, split: str) -> str:
+    "A row's accuracy on `split` in %, and with flip TTA after a slash when the run recorded it (`train --tta`)"
+    tta = f" / {100 * row['test_tta_accuracy']:.2f}" if split == 'test' and 'test_tta_accuracy' in row else ''
+    return f"{100 * row[f'{split}_accuracy']:.2f}{tta}"
 
 
 def tta_accuracy(run: Path) -> float:

@@ -14,14 +14,15 @@ from tests.helpers import load_script
 def bench(): return load_script('bench_budget')
 
 
-def _run(folder, accuracies, split='test', **config):
-    "A run folder as `train` leaves it, with these accuracies per epoch on `split`"
+def _run(folder, accuracies, split='test', tta=(), **config):
+    "A run folder as `train` leaves it, with these accuracies per epoch on `split` (and flip-TTA ones if given)"
     folder.mkdir()
     (folder/'config.json').write_text(json.dumps({**asdict(RunConfig(**config)), 'lr_used': 0.05}))
     held_out = {'valid_loss': .9} if split == 'valid' else {}  # then the test split's 10 % must not show
     write_metrics(folder/'metrics.csv', [{'epoch': e, 'train_loss': 1., 'train_accuracy': .5, **held_out,
                                           'test_loss': .9, 'test_accuracy': 0.1, f'{split}_accuracy': a, 'lr': .05,
-                                          'seconds': 120.} for e, a in enumerate(accuracies, 1)])
+                                          'seconds': 120., **({'test_tta_accuracy': tta[e - 1]} if tta else {})}
+                                         for e, a in enumerate(accuracies, 1)])
     return folder
 
 
@@ -30,6 +31,12 @@ def test_each_run_gives_its_accuracy_at_the_budgets_and_its_minutes(bench, tmp_p
     row = bench.table([run], tta=False).splitlines()[-1].split(' | ')
     assert row[0] == '| `fast`' and row[1] == 'one-cycle, 12 epochs, lr 0.05, seed 1'
     assert row[2:7] == ['58.00', '68.00', '', '', ''] and row[7] == '12: 72.00' and row[8] == '24 |'
+
+
+def test_a_run_trained_with_tta_gives_plain_and_tta_at_each_budget_without_predicting_again(bench, tmp_path):
+    run = _run(tmp_path/'tta', [0.5 + 0.02 * e for e in range(10)], tta=[0.51 + 0.02 * e for e in range(10)], epochs=10)
+    row = bench.table([run]).splitlines()[-1].split(' | ')  # no model.pth in the folder: nothing is predicted again
+    assert row[2:5] == ['58.00 / 59.00', '68.00 / 69.00', ''] and row[7] == '10: 68.00 / 69.00'
 
 
 def test_runs_with_a_held_out_split_show_their_validation_accuracy(bench, tmp_path):

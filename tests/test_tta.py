@@ -1,9 +1,12 @@
 "Flip test-time augmentation: the mean of the probabilities of each image and of its mirror image"
+import pytest
 import torch
+from torch import nn
 
+from cifar_fastai.callbacks import format_row
 from cifar_fastai.evaluate import predict
 from cifar_fastai.learner import cifar_learner
-from cifar_fastai.loaders import cifar_dls
+from cifar_fastai.loaders import cifar_dls, ds_idx_of_test
 from tests.helpers import synthetic_cifar
 
 
@@ -17,3 +20,44 @@ def test_tta_is_the_mean_of_plain_and_mirrored_probabilities():
     assert not torch.allclose(plain, mirrored, atol=1e-3)  # the mirror changes the prediction
     torch.testing.assert_close(predict(learn).probs, plain, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(predict(learn, tta=True).probs, (plain + mirrored) / 2, atol=1e-6, rtol=1e-5)
+
+
+# each epoch of a fit with `tta=True` (`TestPass`), as `train --tta` records it
+def tiny_model() -> nn.Module:
+    "A model that tells left from right (no pooling before the linear layer): its mirror view predicts differently"
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, stride=4), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(256, 10))
+
+
+def by_hand(model: nn.Module, dl) -> tuple:
+    "Plain and flip-TTA accuracy of `model` over `dl`, from its logits in eval mode"
+    model.eval()
+    correct_plain = correct_tta = n = 0
+    with torch.no_grad():
+        for x, y in dl:
+            plain, mirrored = model(x).softmax(-1), model(torch.flip(x, dims=[3])).softmax(-1)
+            correct_plain += (plain.argmax(-1) == y).sum().item()
+            correct_tta += (((plain + mirrored) / 2).argmax(-1) == y).sum().item()
+            n += len(y)
+    return correct_plain / n, correct_tta / n
+
+
+@pytest.mark.parametrize('valid_pct', [0., 0.2])  # the loop validates on the test split, or `TestPass` predicts it
+def test_epoch_tta_accuracy_is_the_mean_of_plain_and_mirrored_probabilities(valid_pct):
+    dls = cifar_dls(synthetic_cifar(200, 200, seed=1), bs=20, seed=0, valid_pct=valid_pct)
+    learn = cifar_learner(dls, model=tiny_model(), precision='fp32', ema=0.9, tta=True)  # the average is tested, kept
+    learn.fit(1, 0.01)
+    row = learn.epoch_record.rows[-1]
+    plain, tta = by_hand(learn.model, dls[ds_idx_of_test(dls)])
+    assert plain != tta  # the mirrored view changed some predictions: the column is not the plain accuracy again
+    assert row['test_accuracy'] == pytest.approx(plain) and row['test_tta_accuracy'] == pytest.approx(tta)
+    assert f"(flip TTA {tta:.2%})" in format_row(row)
+
+
+def test_without_tta_the_record_has_no_tta_column_and_no_mirrored_pass():
+    dls = cifar_dls(synthetic_cifar(100, 30), bs=20, seed=0)
+    learn = cifar_learner(dls, model=tiny_model(), precision='fp32')
+    calls = []
+    learn.model.register_forward_hook(lambda m, i, o: calls.append(len(i[0])) if not m.training else None)
+    learn.fit(1, 0.01)
+    assert 'test_tta_accuracy' not in learn.epoch_record.rows[-1] and sum(calls) == 30
