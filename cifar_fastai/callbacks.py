@@ -58,7 +58,8 @@ class ReduceLROnPlateau(Callback):
 
     def is_better(self, value: float) -> bool:
         if self.threshold_mode == 'rel':
-            return value < self.best * (1 - self.threshold) if self.mode == 'min' else value > self.best * (1 + self.threshold)
+            if self.mode == 'min': return value < self.best * (1 - self.threshold)
+            return value > self.best * (1 + self.threshold)
         return value < self.best - self.threshold if self.mode == 'min' else value > self.best + self.threshold
 
     def step(self, value: float, lrs: list) -> list:

@@ -115,7 +115,7 @@ def load_checkpoint(run: Path) -> dict:
 
 
 def _onto_params(opt):
-    "Each optimizer-state tensor of `opt` onto its parameter's device, floating ones in its dtype (as torch's optimizers)"
+    "Each optimizer-state tensor of `opt` onto its parameter's device, floating ones in its dtype (as torch's do)"
     for p, state in opt.state.items():
         for k, v in state.items():
             if isinstance(v, torch.Tensor): state[k] = v.to(p.device, p.dtype if v.is_floating_point() else v.dtype)
@@ -136,7 +136,7 @@ def load_weights(model: torch.nn.Module, state, path: Path, fix: str):
 
 
 def restore_checkpoint(learn, state: dict, path: Path | None = None) -> int:
-    "Load `state` into `learn` (weights, optimizer, plateau, metrics, random states, weight average); return the epochs done"
+    "Load `state` (weights, optimizer, plateau, metrics, random states, weight average) into `learn`; return its epochs"
     # path: the file `state` came from, named when it does not fit `learn`
     path = path or CHECKPOINT
     load_weights(learn.model, state['model'], path, _FIX)

@@ -38,19 +38,19 @@ class RunConfig:
     lr: float | str = 'find'        # a number, or 'find' for the suggestion of `lr_find`
     lr_suggestion: str = 'minimum'  # which of fastai's `lr_find` suggestions 'find' uses
     lr_find_iters: int | None = None  # batches of the range test; None: `lr_find_length` of the data (300 on CIFAR-10)
-    lr_mult: float | None = None    # 'find' trains at this times the suggestion; None: by the budget (`budget_defaults`)
+    lr_mult: float | None = None    # 'find' trains at this times the suggestion; None: by the budget
     momentum: float = 0.9
     wd: float = 5e-4
     wd_mode: str = 'l2'             # 'l2': added to the gradient, as the reports; or 'decoupled'
-    label_smoothing: float = 0.     # torch's `CrossEntropyLoss(label_smoothing=...)`; 0: plain cross-entropy, as the reports
-    ema: float = 0.998              # decay per step of the weight average that is tested and kept; 0: none, as the reports
+    label_smoothing: float = 0.     # of torch's `CrossEntropyLoss`; 0: plain cross-entropy, as the reports
+    ema: float = 0.998              # decay per step of the weight average tested and kept; 0: none, as the reports
     ema_every: int = 4              # steps between updates of the average (each one costs ~3% of a step)
     schedule: str = 'plateau'       # ReduceLROnPlateau on the validation loss, or fastai's 'one-cycle'
     warmup: float | None = None     # plateau: share of the steps the rate ramps up over; None: by the budget
     anneal: float | None = None     # plateau: share of the steps at the end it decays to 0 over; None: by the budget
     plateau_factor: float = 0.1     # torch's ReduceLROnPlateau defaults, but for the patience
     plateau_patience: int | None = None  # None: by the budget, a tenth of the epochs
-    plateau_threshold: float = 1e-4  # torch's; 0.1 made the plateau cut after epoch 4 but cost 0.5 points at epoch 5 with EMA
+    plateau_threshold: float = 1e-4  # torch's; 0.1 cut after epoch 4 but cost 0.5 points at epoch 5 with EMA
     plateau_cooldown: int = 0
     plateau_min_lr: float | None = None  # the rate's floor: a cut due there ends the run; None: PLATEAU_FLOOR x start
     pad: int | None = None          # reflection padding before a random 32x32 crop, 0 for none; None: by the budget

@@ -266,7 +266,7 @@ def _fingerprint(root: Path, paths: list[Path]) -> str:
 
 
 def _read_cache(root: Path, fingerprint: str, splits=('train', 'test')) -> dict | None:
-    "The arrays of `splits` cached for `root` if a cache matches `fingerprint`; unreadable caches are reported and ignored"
+    "The arrays of `splits` cached for `root` if a cache matches `fingerprint`; a cache unread is reported, ignored"
     for path in filter(Path.is_file, _cache_paths(root)):
         try:
             with np.load(path, allow_pickle=False) as z:

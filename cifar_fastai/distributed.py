@@ -57,7 +57,7 @@ def _collective_device() -> torch.device:
 
 
 class CollectiveDL(AsyncCopy, DistributedDL):
-    "fastai's `DistributedDL` (each process takes its share of rank 0's order) with any backend; `idxs`: this epoch's share"
+    "fastai's `DistributedDL` (each process its share of rank 0's order) with any backend; `idxs`: this epoch's share"
     idxs = None
 
     def wif(self): self.dl.wif()  # in a loader worker, which fastai set up on this wrapper: the loader's own set-up
@@ -76,7 +76,8 @@ class CollectiveDL(AsyncCopy, DistributedDL):
 
 class DataParallelTrainer(DistributedTrainer):
     "fastai's `DistributedTrainer` with `CollectiveDL` loaders, and plain `BatchNorm2d` back in the model after the fit"
-    def _wrap_dl(self, dl): return dl if isinstance(dl, DistributedDL) else CollectiveDL(dl, device=self.learn.model.device)
+    def _wrap_dl(self, dl):
+        return dl if isinstance(dl, DistributedDL) else CollectiveDL(dl, device=self.learn.model.device)
 
     def after_fit(self):
         # fastai's takes `model.module`, which fails when `after_cancel_fit` has already unwrapped it
@@ -126,7 +127,7 @@ def data_parallel(learn: Learner, sync_bn: bool = False):
 
 
 def seed_by_rank(dls, rank: int | None = None):
-    "Give the augmentations of process `rank` > 0 their own seed: the same draws on every process would repeat flips and holes"
+    "Give the augmentations of process `rank` > 0 their own seed: draws shared by all would repeat flips and holes"
     rank = rank_distrib() if rank is None else rank
     for t in dls.train.after_item.fs:
         # `set_seed(s)` seeds the train pipeline with s and the test one with s + 1: rank r takes seed + 2r

@@ -15,7 +15,7 @@ def _tensors(model) -> list:
 
 
 class EMA(Callback):
-    "Average the weights and batch-norm statistics every `every` steps; validate on the average, and end the fit with it"
+    "Average the weights and batch-norm statistics every `every` steps; validate on the average, end the fit with it"
     # The decay ramps up as min(decay, (1 + n) / (10 + n)) after n steps, as timm's `ModelEmaV3` warm-up, so that the
     # random start is forgotten in the first epoch. Training metrics are the live weights', test metrics the average's.
     order = 5  # swaps in before any other callback validates

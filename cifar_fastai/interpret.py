@@ -27,7 +27,7 @@ MISTAKE_ORDERS = ('confident', 'random', 'first')
 
 
 def top_mistakes(p: Predictions, k: int = 25, order: str = 'confident', seed: int | None = None) -> torch.Tensor:
-    "Test indices of `k` misclassified images: most `confident` wrong prediction first, `random` (with `seed`) or `first`"
+    "Test indices of `k` misclassified images: most `confident` mistake first, `random` (with `seed`) or `first`"
     if order not in MISTAKE_ORDERS:
         raise ValueError(f"`order` must be one of {', '.join(MISTAKE_ORDERS)}, got {order!r}")
     if not isinstance(k, int) or k < 0: raise ValueError(f"`k` must be a whole number >= 0, got {k!r}")
@@ -49,7 +49,8 @@ def raw_images(learn: Learner, idxs) -> np.ndarray:
     "Raw test images `idxs` (loader order) as (B, H, W, 3) uint8, from the arrays kept in `learn.dls.data`"
     data = getattr(learn.dls, 'data', None)
     if data is None:
-        raise AttributeError("`learn.dls` has no `data` arrays of CIFAR-10: build the loaders with `cifar_dls` or `load_run`")
+        raise AttributeError("`learn.dls` has no `data` arrays of CIFAR-10: "
+                             "build the loaders with `cifar_dls` or `load_run`")
     return data.test_x[_index_list(idxs)]
 
 

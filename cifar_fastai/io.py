@@ -85,5 +85,6 @@ def ensure_writable_dir(path) -> Path:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path): pass
     except OSError as e:
-        raise OSError(e.errno, f"Cannot write in output folder {path}: {e.strerror}. Choose another folder with --out.") from e
+        raise OSError(e.errno, f"Cannot write in output folder {path}: {e.strerror}. "
+                               "Choose another folder with --out.") from e
     return path

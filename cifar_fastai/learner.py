@@ -42,7 +42,7 @@ class CifarLearner(Learner):
             for h, saved in zip(self.opt.hypers if hypers else [], hypers or []): h.update(saved)
 
     def export(self, fname='export.pkl', **kwargs):
-        "fastai's `export`, written atomically, without the data's pixels (loader workers, which also pickle, keep them)"
+        "fastai's `export`, written atomically, without the data's pixels (which loader workers, pickling too, keep)"
         if rank_distrib(): return  # as fastai's: one process of a data-parallel run writes it
         ArrayImage.exporting = True
         try:
@@ -71,7 +71,8 @@ def cifar_learner(dls, model=None, lr: float = 0.05, momentum: float = 0.9, wd: 
     plateau = ReduceLROnPlateau(**plateau) if isinstance(plateau, dict) else (plateau or ReduceLROnPlateau())
     precision = resolve_precision(precision, dls.device)
     if precision == 'fp16' and dls.device.type == 'cpu':  # measured: one ResNet18 backward 68 s in fp16, 0.1 s in bf16
-        warnings.warn("fp16 on a CPU has no fast convolution kernels and trains hundreds of times slower: use 'bf16' or 'auto'")
+        warnings.warn("fp16 on a CPU has no fast convolution kernels and trains hundreds of times slower: "
+                      "use 'bf16' or 'auto'")
     autocast = [Autocast(DTYPES[precision])] if precision in DTYPES else []
     extra = [StopOnNonFinite(), EpochRecord(), TestPass(tta), plateau] + autocast
     extra += ([ChannelsLast()] if channels_last else []) + ([ema if isinstance(ema, EMA) else EMA(ema)] if ema else [])

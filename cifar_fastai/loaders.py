@@ -25,7 +25,8 @@ class ArrayImage(Transform):
     def __init__(self, images: np.ndarray | None = None): self.images = images
 
     def encodes(self, i: int) -> TensorImage: return self.encodes(self.images[i])
-    def encodes(self, arr: np.ndarray) -> TensorImage: return TensorImage(torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1))
+    def encodes(self, arr: np.ndarray) -> TensorImage:
+        return TensorImage(torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1))
     def encodes(self, img: PILImage) -> TensorImage: return self.encodes(np.asarray(img.convert('RGB')))
     def encodes(self, fn: Path | str) -> TensorImage: return self.encodes(PILImage.create(fn))
 

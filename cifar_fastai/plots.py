@@ -37,7 +37,7 @@ def _metric_rows(metrics) -> list:
 
 
 def plot_curves(metrics, path=None) -> Figure:
-    "Train and test accuracy, train and test loss, and learning rate (log scale) per epoch from `metrics` (rows, file or run)"
+    "Train and test accuracy and loss, and learning rate (log scale), per epoch from `metrics` (rows, file or run)"
     rows = _metric_rows(metrics)
     epochs = [r['epoch'] for r in rows]
     fig = Figure(figsize=(15, 4.3), layout='constrained')

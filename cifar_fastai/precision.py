@@ -43,7 +43,7 @@ def autocast_dtype(learn) -> torch.dtype | None:
 
 
 class Autocast(Callback):
-    "Forward pass and loss under `torch.autocast` on the model's device; loss and metrics in fp32, fp16 with a `GradScaler`"
+    "Forward pass and loss under `torch.autocast` on the model's device; loss, metrics in fp32; fp16 with a scaler"
     order = 10  # as fastai's `MixedPrecision`, which autocasts on CUDA only
 
     def __init__(self, dtype: torch.dtype = torch.bfloat16): self.dtype, self.ctx = dtype, None

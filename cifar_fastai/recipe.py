@@ -1,4 +1,4 @@
-"What follows a run's budget: the options that scale with the epochs, and the warm-up and final decay around the plateau"
+"What follows a run's budget: the options that scale with the epochs; the warm-up and final decay around the plateau"
 from fastai.callback.core import Callback
 
 from cifar_fastai.callbacks import _in_fit, _is_scheduled
@@ -12,14 +12,14 @@ def budget_defaults(epochs: int, schedule: str = 'plateau') -> dict:
         plateau_patience=epochs // 10,       # a tenth of the budget: 0 at 5 epochs, 5 at 50 (torch's 10 never acts)
         pad=4 if epochs >= 10 else 0,        # a 4-pixel random translation, as every anchor past 20 epochs; at 5 epochs
                                              # it cost accuracy (docs/results/sweeps.csv: oc-lr1-pad0, full-one-cycle)
-        lr_mult=5. if schedule == 'plateau' else 20.,  # x lr_find's 'minimum'; one-cycle peaks higher, after its warm-up
+        lr_mult=5. if schedule == 'plateau' else 20.,  # x lr_find's 'minimum'; one-cycle peaks higher, after a warm-up
         warmup=0. if schedule != 'plateau' else 0.05,  # share of the steps the plateau's rate ramps up over
         anneal=0. if schedule != 'plateau' else 0.2,   # share of the steps it decays linearly to 0 over, at the end
     )
 
 
 def warmup_anneal_factor(step: int, total: int, warmup: float, anneal: float) -> float:
-    "The multiplier of the rate at `step` (0-based) of `total`: up over the first `warmup`, down to 0 over the last `anneal`"
+    "The rate's multiplier at `step` (0-based) of `total`: up over the first `warmup`, down to 0 over the last `anneal`"
     n_up, n_down = round(warmup * total), round(anneal * total)
     factor = (step + 1) / n_up if step < n_up else 1.
     return min(factor, (total - step) / (n_down + 1)) if step >= total - n_down else factor

@@ -80,7 +80,7 @@ def gradcam_run(learn: Learner, run, k: int = 25, order: str = 'confident', seed
     paths = _draw(_mistake_steps(learn, p, idxs, cam), run, _shows_bars(learn))
     paths += _scored(learn, p, run, faithfulness_images, faithfulness_steps, seed)
     if not (run / REPORT).is_file(): return paths
-    return paths + [_report(learn, run, p, _mistakes_text(len(idxs), order, seed), cam)]  # the report shows the new maps
+    return paths + [_report(learn, run, p, _mistakes_text(len(idxs), order, seed), cam)]  # with the new maps
 
 
 def interpret_run(learn: Learner, run, k: int = 25, order: str = 'confident', seed: int = 0, cam: str = 'gradcam',
@@ -128,7 +128,8 @@ def accuracy_markdown(p: Predictions) -> str:
 def _picture(run: Path, name: str, alt: str) -> str:
     "A markdown image link to picture `name` relative to the report, or a note that it was not drawn"
     file = PICTURES.get(name, name)
-    return f'![{alt}]({file})' if (run / file).is_file() else f'*({file} was not drawn: run `cifar-fastai interpret {run}`)*'
+    if (run / file).is_file(): return f'![{alt}]({file})'
+    return f'*({file} was not drawn: run `cifar-fastai interpret {run}`)*'
 
 
 def _summary(config: dict, rows: list, p: Predictions, tta: float | None = None) -> str:
@@ -155,9 +156,11 @@ def _reference(rows: list) -> str:
     ours = {r['epoch']: _pct(r['test_accuracy']) for r in rows}
     table = _table(['epoch', 'reference log', 'this run'],
                    [(e, f'{a:.2f} %', ours.get(e, 'not run')) for e, a in REFERENCE_EPOCHS.items()]
-                   + [(50, ' and '.join(f'{a} %' for a in REFERENCE_FINAL) + ' (two reports)', ours.get(50, 'not run'))])
+                   + [(50, ' and '.join(f'{a} %' for a in REFERENCE_FINAL) + ' (two reports)',
+                       ours.get(50, 'not run'))])
     return (f"The reference reports trained a CIFAR ResNet18 for 50 epochs and reached {REFERENCE_FINAL[0]} % and "
-            f"{REFERENCE_FINAL[1]} % test accuracy; one of them logged the first five epochs. Test accuracy:\n\n{table}\n\n"
+            f"{REFERENCE_FINAL[1]} % test accuracy; one of them logged the first five epochs. "
+            f"Test accuracy:\n\n{table}\n\n"
             f"This run's last epoch ({rows[-1]['epoch']}): {_pct(rows[-1]['test_accuracy'])}.")
 
 
@@ -189,19 +192,27 @@ def _configuration(config: dict) -> str:
     lr = f"{g('lr')} (found {config['found_lr']:.3g})" if config.get('found_lr') else g('lr')
     used = {'min_lr': config.get('plateau_min_lr_used', g('plateau_min_lr'))}  # None asks for a floor from the rate
     plateau = ('ReduceLROnPlateau on test loss: ' + ', '.join(f"{k} {used.get(k, g('plateau_' + k))}" for k in
-               ('factor', 'patience', 'threshold', 'cooldown', 'min_lr'))) if g('schedule') == 'plateau' else g('schedule')
+               ('factor', 'patience', 'threshold', 'cooldown', 'min_lr')))
+    plateau = plateau if g('schedule') == 'plateau' else g('schedule')
     crop = f"pad {g('pad')} (reflect) + random 32x32 crop" if config.get('pad') else 'no crop'
     augs = f"{crop}, horizontal flip {g('flip')}, cutout {g('cutout')}x{g('cutout')} with p {g('cutout_p')}"
     data = f"`--data {config['data']}`" if config.get('data') else 'found by the default search'
     rows = [('data', f"{g('data_source')} ({data})"), ('epochs', g('epochs')), ('batch size', g('bs')),
             ('learning rate', lr), ('optimizer', f"SGD, momentum {g('momentum')}"),
             ('weight decay', f"{g('wd')} ({g('wd_mode')})"), ('label smoothing', config.get('label_smoothing', 0)),
-            ('weight average', f"EMA, decay {config['ema']} per step, updated every {config.get('ema_every', 1)} steps: "
-                               "test metrics and the kept model are the average's" if config.get('ema') else 'none'),
+            ('weight average', _average(config)),
             ('schedule', plateau), ('augmentation', augs),
             ('precision', f"{g('precision')} -> {g('precision_used')}, channels_last {g('channels_last')}"),
-            ('seed', g('seed')), ('versions', ', '.join(f'{k} {g(k)}' for k in ('python', 'torch', 'fastai', 'albumentations')))]
+            ('seed', g('seed')),
+            ('versions', ', '.join(f'{k} {g(k)}' for k in ('python', 'torch', 'fastai', 'albumentations')))]
     return _table(['option', 'value'], rows)
+
+
+def _average(config: dict) -> str:
+    "The weight average of the run, as the configuration table names it"
+    if not config.get('ema'): return 'none'
+    return (f"EMA, decay {config['ema']} per step, updated every {config.get('ema_every', 1)} steps: "
+            "test metrics and the kept model are the average's")
 
 
 def _mean_se(values) -> str:
@@ -240,7 +251,8 @@ def _speed_and_machine(config: dict, rows: list) -> str:
     processor = config.get('processor') or f'{_cpu_model()} (read when this report was written)'
     n_train = config.get('n_train')
     speed = f"{n_train / secs:.1f} training images per second" if n_train else 'training images per second unknown'
-    return '\n'.join([f"- {secs:.1f} s per epoch on average (train and test pass; {sum(r['seconds'] for r in rows):.0f} s "
+    total = sum(r['seconds'] for r in rows)
+    return '\n'.join([f"- {secs:.1f} s per epoch on average (train and test pass; {total:.0f} s "
                       f"for {len(rows)} epochs), {speed} ({n_train} / {secs:.1f} s)",
                       f"- processor: {processor}, {config.get('machine', platform.machine())}",
                       f"- threads: {config.get('threads')}, device: {config.get('device')}, "

@@ -76,7 +76,7 @@ def lr_find_length(n_batches: int) -> int:
 
 def find_lr(learn: Learner, plot_path: Path | None = None, suggestion: str = 'minimum', num_it: int | None = None,
             mult: float = 1.) -> dict:
-    "fastai's LR range test (weights and optimizer restored afterwards): every suggestion, `mult` x `suggestion` under 'lr'"
+    "fastai's LR range test (weights and optimizer restored after it): every suggestion, `mult` x `suggestion` as 'lr'"
     # num_it: batches of the test; None: `lr_find_length` of the training data
     if suggestion not in LR_SUGGESTIONS:
         raise ConfigError(f"--lr-suggestion must be one of {', '.join(LR_SUGGESTIONS)}, got {suggestion!r}")
@@ -96,8 +96,10 @@ def _plot_lr_find(learn: Learner, found: dict, plot_path: Path):
     import matplotlib.pyplot as plt
     learn.recorder.plot_lr_find()  # fastai's plot (it returns no figure: take the current one)
     fig, ax = plt.gcf(), plt.gca()
-    for (name, lr), color in zip(((n, found[n]) for n in LR_SUGGESTIONS), ('tab:orange', 'tab:green', 'tab:red', 'tab:purple')):
-        if lr is not None: ax.axvline(lr, color=color, linestyle='-' if name == found['suggestion'] else ':', label=f"{name} {lr:.2e}")
+    colors = ('tab:orange', 'tab:green', 'tab:red', 'tab:purple')
+    for (name, lr), color in zip(((n, found[n]) for n in LR_SUGGESTIONS), colors):
+        style = '-' if name == found['suggestion'] else ':'
+        if lr is not None: ax.axvline(lr, color=color, linestyle=style, label=f"{name} {lr:.2e}")
     ax.axvline(found['lr'], color='black', label=f"used {found['lr']:.2e}" +
                (f" ({found['mult']:g} x {found['suggestion']})" if found['mult'] != 1 else ''))
     ax.set_title(f'LR range test, SGD momentum {learn.opt.hypers[0]["mom"]:g}')
@@ -214,7 +216,7 @@ def _set_floor(learn: Learner, config: RunConfig, start: float):
 
 
 def _tidy(run: Path, rows: list, saved: _Saved):
-    "Make the files of `run` agree with the checkpoint it goes on from: no temporaries, its epochs' metrics, its options"
+    "Make the files of `run` agree with the checkpoint it goes on from: no temporaries, its epochs' metrics and options"
     remove_temporaries(run)
     if rows: write_metrics(run / METRICS, rows)
     else: (run / METRICS).unlink(missing_ok=True)  # epochs recorded after the last checkpoint are trained again
@@ -259,7 +261,8 @@ def _learner(config: RunConfig, run: Path, saved: _Saved | None, progress: bool,
     "The `Learner` of `config` in `run`, on the data a resumed run read; a `log` line per epoch unless `progress`"
     dls = run_dls(config, data=recorded_data(saved.record) if saved else None, progress=progress)
     held_out = f", {len(dls.valid_ds)} held out to validate" if config.valid_pct else ''
-    log(f"Data: {dls.data.source}: {len(dls.train_ds)} train{held_out} and {len(dls[ds_idx_of_test(dls)].dataset)} test images")
+    n_test = len(dls[ds_idx_of_test(dls)].dataset)
+    log(f"Data: {dls.data.source}: {len(dls.train_ds)} train{held_out} and {n_test} test images")
     learn = run_learner(dls, config, run)
     learn.epoch_record.log = None if progress else log
     return learn

@@ -21,14 +21,16 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 def cifar_augs(pad: int = 0, flip: bool = True, cutout: int = 16, cutout_p: float = 0.5,
                fill: Sequence[int] | None = None) -> A.Compose:
-    "The reports' training pipeline, horizontal flip and a `cutout`x`cutout` hole; `pad` > 0 adds a reflect-pad random crop"
+    "The reports' training pipeline, horizontal flip and a `cutout`x`cutout` hole; `pad` > 0 adds a reflect-pad crop"
     for name, value in (('pad', pad), ('cutout', cutout)):
         if not isinstance(value, int) or value < 0:
             raise ValueError(f"`{name}` must be a whole number >= 0, got {value!r}")
     if not 0 <= cutout_p <= 1: raise ValueError(f"`cutout_p` must be a probability in [0, 1], got {cutout_p!r}")
     fill = tuple(round(255 * m) for m in CIFAR10_MEAN) if fill is None else tuple(fill)  # a hole normalises to ~0
     tfms = []
-    if pad: tfms += [A.PadIfNeeded(32 + 2 * pad, 32 + 2 * pad, border_mode=cv2.BORDER_REFLECT_101), A.RandomCrop(32, 32)]
+    if pad:
+        side = 32 + 2 * pad
+        tfms += [A.PadIfNeeded(side, side, border_mode=cv2.BORDER_REFLECT_101), A.RandomCrop(32, 32)]
     if flip: tfms.append(A.HorizontalFlip(p=0.5))
     if cutout: tfms.append(A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(cutout, cutout),
                                            hole_width_range=(cutout, cutout), fill=fill, p=cutout_p))
