@@ -134,6 +134,16 @@ class EpochRecord(Callback):
         dtype = torch.float32 if device.type == 'mps' else torch.float64  # MPS has no float64
         self.sums = {k: torch.zeros(3, dtype=dtype, device=device) for k in ('train', 'valid', 'test', 'tta')}
 
+    def partial_state(self) -> dict:
+        "The epoch so far, for a checkpoint inside it: training sums, rate sum, batches and seconds"
+        return {'train': self.sums['train'].cpu(), 'lr_sum': float(self.lr_sum), 'n_batches': self.n_batches,
+                'seconds': time.time() - self.start}  # floats, not numpy's (one-cycle's rates), for `weights_only`
+
+    def load_partial_state(self, state: dict):
+        "Go on with the epoch that `partial_state` saved: its sums, and its seconds counted as spent"
+        self.sums['train'] = state['train'].to(self.sums['train'])
+        self.lr_sum, self.n_batches, self.start = state['lr_sum'], state['n_batches'], time.time() - state['seconds']
+
     def add(self, split: str, loss: torch.Tensor, pred: torch.Tensor, y: torch.Tensor):
         "Count a batch of `split` with mean `loss`, on the device, without reading a value"
         sums, n = self.sums[split], len(y)

@@ -1,5 +1,10 @@
-"A complete checkpoint after every epoch, written atomically, and the restore that resumes a run from it"
+"A complete checkpoint after every epoch and every few minutes inside one, written atomically, and its restore"
+import itertools
 import random
+import signal
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -8,13 +13,13 @@ from fastai.callback.core import Callback, CancelEpochException
 from fastcore.basics import noop
 from fastcore.foundation import L
 
-from cifar_fastai.callbacks import write_metrics
-from cifar_fastai.collective import is_main, unwrap
+from cifar_fastai.callbacks import _in_fit, write_metrics
+from cifar_fastai.collective import in_process_group, is_main, unwrap
 from cifar_fastai.errors import RunFileError
 from cifar_fastai.io import atomic_save, load_tensors
 
-__all__ = ['CHECKPOINT', 'Checkpoint', 'SkipEpochs', 'rng_state', 'set_rng_state', 'load_checkpoint', 'load_weights',
-           'restore_checkpoint']
+__all__ = ['CHECKPOINT', 'Checkpoint', 'stop_after_batch', 'SkipEpochs', 'SkipBatches', 'rng_state', 'set_rng_state',
+           'load_checkpoint', 'load_weights', 'restore_checkpoint']
 
 CHECKPOINT = 'checkpoint.pth'
 
@@ -50,21 +55,64 @@ def set_rng_state(learn, state: dict):
 
 
 class Checkpoint(Callback):
-    "After each epoch, save model, optimizer, plateau state, random states and metrics to `path`/checkpoint.pth"
-    order = 70  # after the epoch's record (55) and the plateau decision (60)
+    "Save weights, optimizer, plateau, random states, metrics to `path`/checkpoint.pth after each epoch, and inside one"
+    order = 70  # after the epoch's record (55), the plateau's decision (60) and the warm-up's rate put back (56)
 
-    def __init__(self, path: Path, metrics: Path | None = None):
+    def __init__(self, path: Path, metrics: Path | None = None, every: float = 0.):
         # metrics: a csv of the rows to write after the checkpoint, so that it never holds an epoch the checkpoint lacks
-        self.path, self.metrics = Path(path), metrics
+        # every: seconds of training between saves inside an epoch (0: at the end of each epoch only); one process only
+        self.path, self.metrics, self.every = Path(path), metrics, every
+        self.epoch_rng, self.saved_at, self.stop_asked = None, time.time(), False
+
+    def ask_stop(self, signum=None, frame=None):
+        "Save and stop after the training batch in progress; at once if asked again or while not training"
+        if self.stop_asked or not getattr(self.learn, 'training', False): raise KeyboardInterrupt
+        self.stop_asked = True
+
+    def before_fit(self): self.stop_asked = False
+
+    def before_epoch(self):
+        self.epoch_rng = rng_state(self.learn)  # what the epoch's shuffle and augmentations start from: a resume
+        self.saved_at = time.time()             # inside it draws them again
+
+    def after_batch(self):
+        if not (self.training and _in_fit(self.learn)): return
+        done = round((self.pct_train * self.n_epoch - self.epoch) * self.n_iter)  # fastai's position, after a resume
+        inside = 0 < done < self.n_iter and not in_process_group()  # the processes' sums are each their own
+        if inside and (self.stop_asked or self.every and time.time() - self.saved_at >= self.every):
+            self._save(self.epoch_rng, partial={'batch': done, 'record': self.learn.epoch_record.partial_state()})
+            self.saved_at = time.time()
+        if self.stop_asked: raise KeyboardInterrupt
 
     def after_epoch(self):
         rows = self.learn.epoch_record.rows
         if not rows or rows[-1]['epoch'] != self.epoch + 1: return  # an epoch skipped on resume: nothing new
+        self._save(rng_state(self.learn))
+        if self.metrics is not None and is_main(): write_metrics(self.metrics, rows)
+
+    def _save(self, rng: dict, partial: dict | None = None):
+        "Write the checkpoint: the complete epochs, and `partial`, the batches done of the next one, if any"
         if not is_main(): return  # the processes of a data-parallel run hold the same weights: rank 0 saves them
+        rows = self.learn.epoch_record.rows
         atomic_save({'epoch': len(rows), 'model': unwrap(self.model).state_dict(), 'opt': _plain(self.opt.state_dict()),
-                     'plateau': _plain(self.learn.reduce_lr_on_plateau.state_dict()), 'rng': rng_state(self.learn),
-                     'rows': _plain(rows), 'ema': _ema_state(self.learn)}, self.path / CHECKPOINT)
-        if self.metrics is not None: write_metrics(self.metrics, rows)
+                     'plateau': _plain(self.learn.reduce_lr_on_plateau.state_dict()), 'rng': rng,
+                     'rows': _plain(rows), 'ema': _ema_state(self.learn), 'partial': partial}, self.path / CHECKPOINT)
+
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def stop_after_batch(checkpoint: Checkpoint):
+    "Within: a Ctrl-C or SIGTERM has `checkpoint` save and stop after the batch in progress (a second: at once)"
+    if in_process_group() or threading.current_thread() is not threading.main_thread():
+        yield  # signals reach the main thread only; a data-parallel run stops at once, as its peers do
+        return
+    old = {s: signal.getsignal(s) for s in SIGNALS}
+    for s in SIGNALS: signal.signal(s, checkpoint.ask_stop)
+    try: yield
+    finally:
+        for s, handler in old.items(): signal.signal(s, handler)
 
 
 def _ema_state(learn) -> dict | None:
@@ -86,6 +134,30 @@ class SkipEpochs(Callback):
 
     def after_fit(self):
         if self.saved is not None: self.learn.logger, self.saved = self.saved, None
+
+
+class _Dropping:
+    "A training loader whose first `n` batches are drawn and dropped: the rest of an epoch, with the draws of it all"
+    def __init__(self, dl, n: int): self.dl, self.n = dl, n
+    def __len__(self): return len(self.dl)  # fastai's position in the fit (`pct_train`) counts the dropped batches
+    def __iter__(self): return itertools.islice(iter(self.dl), self.n, None)
+    def __getattr__(self, name): return getattr(self.dl, name)
+
+
+class SkipBatches(Callback):
+    "Go on inside an epoch: the first trained epoch of the fit starts after batch `n`, its record as `record` left it"
+    order = -5  # after `TrainEvalCallback` (-10) has set the epoch's position in the fit
+
+    def __init__(self, n: int = 0, record: dict | None = None): self.n, self.record = n, record
+
+    def before_train(self):
+        if not (self.n and _in_fit(self.learn)): return
+        n_iter = len(self.dl)
+        self.learn.dl = _Dropping(self.dl, self.n)
+        self.learn.pct_train += self.n / (self.n_epoch * n_iter)
+        self.learn.train_iter += self.n
+        if self.record is not None: self.learn.epoch_record.load_partial_state(self.record)
+        self.n, self.record = 0, None  # once
 
 
 def _plain(o):
@@ -111,7 +183,18 @@ def load_checkpoint(run: Path) -> dict:
     if state['epoch'] != len(state['rows']):
         raise RunFileError(f"{path} is inconsistent: epoch {state['epoch']} with {len(state['rows'])} rows of "
                            f"metrics; {_FIX}")
+    if not _partial_ok(state.get('partial')):
+        raise RunFileError(f"{path} holds a damaged record of the epoch it stopped in; {_FIX}")
     return state
+
+
+def _partial_ok(partial) -> bool:
+    "Whether `partial` is None (saved at an epoch's end) or the batches done of an epoch, as `Checkpoint` saves them"
+    if partial is None: return True
+    record = partial.get('record') if isinstance(partial, dict) else None
+    kinds = {'train': torch.Tensor, 'lr_sum': float, 'n_batches': int, 'seconds': float}
+    return (isinstance(partial.get('batch'), int) and partial['batch'] > 0 and isinstance(record, dict)
+            and all(isinstance(record.get(k), kind) for k, kind in kinds.items()) and record['train'].shape == (3,))
 
 
 def _onto_params(opt):

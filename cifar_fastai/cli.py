@@ -90,13 +90,16 @@ def _speed_options(g, d, train: bool):
                                                                    'docs/distributed.md)')
 
 
-def _output_options(g, train: bool):
+def _output_options(g, d, train: bool):
     g.add_argument('--out', type=Path, help='run folder (default runs/<date-time>)')
     if not train: return
     g.add_argument('--resume', type=Path, metavar='RUN', help='continue run folder RUN from its last complete epoch, '
                                                               'with more --epochs if it is a plateau run')
     g.add_argument('--no-interpret', dest='interpret', action='store_false',
                    help='skip the pictures and report at the end')
+    g.add_argument('--save-every', type=float, default=d.save_every, metavar='SECONDS',
+                   help='seconds of training between checkpoints inside an epoch, so that a stop loses at most that '
+                        '(default %(default)g; 0: at the end of each epoch only)')
     g.add_argument('--tta', action='store_true', help="record each epoch's test accuracy with flip test-time "
                                                       "augmentation too (one more pass over the test images)")
 
@@ -110,7 +113,7 @@ def _run_options(p: argparse.ArgumentParser, train: bool = True) -> argparse.Arg
     if train: _schedule_options(p.add_argument_group('schedule', 'epochs and how the learning rate changes'), d)
     _augmentation_options(p.add_argument_group('augmentation', 'of the training images'), d)
     _speed_options(p.add_argument_group('speed', 'precision, memory layout, processes'), d, train)
-    _output_options(p.add_argument_group('output', 'the run folder'), train)
+    _output_options(p.add_argument_group('output', 'the run folder'), d, train)
     return p
 
 
@@ -157,7 +160,7 @@ def _config(args):
 def _default_out() -> Path: return Path('runs') / time.strftime('%Y%m%d-%H%M%S')
 
 
-def _sigterm(signum, frame): raise KeyboardInterrupt  # end like Ctrl-C: the last complete epoch is kept
+def _sigterm(signum, frame): raise KeyboardInterrupt  # end like Ctrl-C (while training: after the batch)
 
 
 def _resumed_config(args, argv):
@@ -178,7 +181,8 @@ def _train(args, argv):
     bars = sys.stdout.isatty()  # in a log file, a line per epoch instead of every progress update
     try: learn = train(config, out, resume=bool(args.resume), progress=bars)
     except KeyboardInterrupt:
-        sys.exit(f"\nInterrupted. {out} keeps every complete epoch; continue with: cifar-fastai train --resume {out}")
+        sys.exit(f"\nInterrupted. {out} keeps what was trained up to its last checkpoint; continue with: "
+                 f"cifar-fastai train --resume {out}")
     if rank_distrib(): return  # a data-parallel run reports from rank 0 alone
     print(f"Run folder: {out}")
     if read_config(out)['interpret']: _interpret(learn, out)

@@ -22,8 +22,8 @@ CONFIG = 'config.json'
 CONFIG_FORMAT = 1  # layout of config.json; a version of the package that this one would misread raises it
 # options added after the first runs, with the value that gives the behaviour of the runs saved before them
 ADDED_LATER = dict(lr_find_iters=100, lr_mult=1., label_smoothing=0., ema=0., ema_every=1, sync_bn=False, valid_pct=0.,
-                   warmup=0., anneal=0., tta=False)
-RESUME_CHANGES = ('epochs', 'interpret')  # what `--resume` may change; every other option is the saved run's
+                   warmup=0., anneal=0., tta=False, save_every=300.)  # saves inside an epoch change no result
+RESUME_CHANGES = ('epochs', 'interpret', 'save_every')  # what `--resume` may change; the rest is the saved run's
 _FIX = 'put back a copy of the file, or start a new run'
 
 
@@ -64,6 +64,7 @@ class RunConfig:
     skip_bad: bool = False
     interpret: bool = True          # write the pictures and report.md at the end
     tta: bool = False               # record each epoch's test accuracy with flip TTA too (a test pass more)
+    save_every: float = 300.        # seconds of training between checkpoints inside an epoch; 0: at its end only
     sync_bn: bool = False           # nn.SyncBatchNorm across the processes of a data-parallel run (CUDA only)
 
     def __post_init__(self):
@@ -87,7 +88,7 @@ class RunConfig:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{_option(name)} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if not self.lr_mult > 0: raise ConfigError(f"--lr-mult must be a positive number, got {self.lr_mult!r}")
-        for name in ('momentum', 'wd', 'cutout_p', 'plateau_min_lr'):
+        for name in ('momentum', 'wd', 'cutout_p', 'plateau_min_lr', 'save_every'):
             v = getattr(self, name)
             if v is not None and v < 0: raise ConfigError(f"{_option(name)} must be >= 0, got {v!r}")
         for name in ('label_smoothing', 'ema', 'valid_pct'):

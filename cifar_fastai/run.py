@@ -14,7 +14,8 @@ from fastai.torch_core import num_distrib, rank_distrib
 from fastcore.basics import noop
 
 from cifar_fastai.callbacks import write_metrics
-from cifar_fastai.checkpoint import CHECKPOINT, Checkpoint, SkipEpochs, load_checkpoint, restore_checkpoint
+from cifar_fastai.checkpoint import (CHECKPOINT, Checkpoint, SkipBatches, SkipEpochs, load_checkpoint,
+                                     restore_checkpoint, stop_after_batch)
 from cifar_fastai.collective import on_main
 from cifar_fastai.config import (CONFIG, CONFIG_FORMAT, LR_SUGGESTIONS, RESUME_CHANGES, SCHEDULES, ConfigError,
                                  RunConfig, check_resume, read_config, saved_config)
@@ -163,9 +164,13 @@ def _find_lr_on_main(learn: Learner, run: Path, config: RunConfig, parallel) -> 
     with parallel.single_process(): return on_main(find)
 
 
-def _fit(learn: Learner, config: RunConfig, lr, run: Path, start_epoch: int = 0, cbs=None, parallel=None):
-    cbs = [Checkpoint(run, metrics=run / METRICS), SkipEpochs(start_epoch)] + list(cbs or [])
-    with parallel.data_parallel(learn, config.sync_bn) if parallel else nullcontext():
+def _fit(learn: Learner, config: RunConfig, lr, run: Path, start_epoch: int = 0, cbs=None, parallel=None,
+         partial: dict | None = None):
+    "Fit from epoch `start_epoch`, and from inside it where a checkpoint left it `partial`"
+    skip = SkipBatches(partial['batch'], partial['record']) if partial else SkipBatches()
+    save = Checkpoint(run, metrics=run / METRICS, every=config.save_every)
+    cbs = [save, SkipEpochs(start_epoch), skip] + list(cbs or [])
+    with parallel.data_parallel(learn, config.sync_bn) if parallel else nullcontext(), stop_after_batch(save):
         if config.schedule == 'one-cycle': learn.fit_one_cycle(config.epochs, lr_max=lr, cbs=cbs)
         else: learn.fit(config.epochs, lr=lr, cbs=cbs)
 
@@ -203,7 +208,9 @@ def _resume(learn: Learner, run: Path, saved: _Saved, log) -> tuple:
     if longer and (config.warmup or config.anneal):  # shares of the steps: of the new length from now on
         longer += f"; its warm-up and final decay now span {config.epochs} epochs, from the plateau's rate"
     longer += ')' if longer else ''
-    log(f"Resuming {run} after epoch {done} of {config.epochs}{longer}" if state else
+    inside = (f" and {state['partial']['batch']} batches of epoch {done + 1}"
+              if state and state.get('partial') else '')
+    log(f"Resuming {run} after epoch {done} of {config.epochs}{longer}{inside}" if state else
         f"{run} has no complete epoch: starting it again with its saved options and learning rate")
     if state is None or config.schedule == 'one-cycle': return done, saved.record['lr_used']
     return done, [h['lr'] for h in learn.opt.hypers]
@@ -284,7 +291,8 @@ def train(config: RunConfig | None, out, resume: bool = False, cbs=None, log=pri
         with nullcontext() if progress else _quiet(learn):
             done, lr = _resume(learn, run, saved, log) if resume else _start(learn, run, config, parallel, log)
             log(f"Training {config.epochs - done} epochs, precision {learn.precision}, schedule {config.schedule}")
-            _fit(learn, config, lr, run, start_epoch=done, cbs=cbs, parallel=parallel)
+            partial = saved.state.get('partial') if resume and saved.state else None
+            _fit(learn, config, lr, run, start_epoch=done, cbs=cbs, parallel=parallel, partial=partial)
         _log_early_end(learn, config, log)
         if main: _save_final(learn, run)
     return learn

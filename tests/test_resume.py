@@ -1,5 +1,6 @@
 "Runs that stop keep every complete epoch and resume to the same weights and learning rates"
 import errno
+import os
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from fastai.callback.core import Callback
 from cifar_fastai import io
 from cifar_fastai.callbacks import read_metrics
 from cifar_fastai.checkpoint import CHECKPOINT, load_checkpoint
+from cifar_fastai.errors import RunFileError
 from cifar_fastai.run import RunConfig, train
 from tests.helpers import InterruptAfter, tiny_models
 from tests.test_data import write_folders
@@ -51,6 +53,72 @@ def test_resume_gives_the_weights_and_lrs_of_an_uninterrupted_run(tmp_path, sche
     assert resumed.reduce_lr_on_plateau.state_dict() == full.reduce_lr_on_plateau.state_dict()
     for (k, v), w in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.allclose(v.float(), w.float(), atol=1e-5), k
+
+
+class InterruptInside(Callback):
+    "Raise `KeyboardInterrupt` after training batch `batch` (1-based) of epoch `epoch`, once its checkpoint is written"
+    order = 90  # after `Checkpoint` (70)
+
+    def __init__(self, epoch, batch): self.at = (epoch, batch)
+    def after_batch(self):
+        if self.training and (self.epoch + 1, self.iter + 1) == self.at: raise KeyboardInterrupt
+
+
+@pytest.mark.usefixtures('tiny')
+@pytest.mark.parametrize('schedule,ema', [('plateau', dict(ema=0.)), ('one-cycle', dict(ema=0.9, ema_every=3))])
+def test_a_run_stopped_inside_an_epoch_resumes_from_its_last_batch_as_if_never_stopped(tmp_path, schedule, ema):
+    config = lambda: _config(schedule=schedule, save_every=1e-9, **ema)  # a checkpoint after every batch
+    full = train(config(), tmp_path / 'full', **quiet)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(), tmp_path / 'cut', cbs=[InterruptInside(epoch=2, batch=3)], **quiet)
+    state = load_checkpoint(tmp_path / 'cut')
+    assert state['epoch'] == 1 and state['partial']['batch'] == 3
+    logged = []
+    resumed = train(config(), tmp_path / 'cut', resume=True, log=logged.append)
+    assert any('after epoch 1 of 3 and 3 batches of epoch 2' in line for line in logged)
+    a, b = read_metrics(tmp_path / 'full' / 'metrics.csv'), read_metrics(tmp_path / 'cut' / 'metrics.csv')
+    for key in ('train_loss', 'train_accuracy', 'lr', 'test_loss', 'test_accuracy'):  # the same batches, the same draws
+        assert [r[key] for r in b] == pytest.approx([r[key] for r in a], rel=1e-5), key
+    assert [h['lr'] for h in resumed.opt.hypers] == pytest.approx([h['lr'] for h in full.opt.hypers], rel=1e-12)
+    for (k, v), w in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.allclose(v.float(), w.float(), atol=1e-5), k
+
+
+class SignalAfter(Callback):
+    "Send this process `sig` after training batch `batch` of epoch `epoch`, as Ctrl-C or a SIGTERM from outside would"
+    order = 90
+
+    def __init__(self, sig, epoch, batch): self.sig, self.at = sig, (epoch, batch)
+    def after_batch(self):
+        if self.training and (self.epoch + 1, self.iter + 1) == self.at: os.kill(os.getpid(), self.sig)
+
+
+@pytest.mark.usefixtures('tiny')
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_while_training_saves_after_the_next_batch_and_loses_nothing(tmp_path, sig):
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    full = train(_config(save_every=0.), tmp_path / 'full', **quiet)  # no saves inside an epoch but the stop's
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(save_every=0.), tmp_path / 'cut', cbs=[SignalAfter(sig, epoch=2, batch=3)], **quiet)
+    assert {s: signal.getsignal(s) for s in handlers} == handlers  # the handlers of before the fit are back
+    state = load_checkpoint(tmp_path / 'cut')
+    assert state['epoch'] == 1 and state['partial']['batch'] == 4  # the batch in progress when the signal came
+    resumed = train(_config(save_every=0.), tmp_path / 'cut', resume=True, **quiet)
+    a, b = read_metrics(tmp_path / 'full' / 'metrics.csv'), read_metrics(tmp_path / 'cut' / 'metrics.csv')
+    assert [r['train_loss'] for r in b] == pytest.approx([r['train_loss'] for r in a], rel=1e-5)
+    for (k, v), w in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.allclose(v.float(), w.float(), atol=1e-5), k
+
+
+@pytest.mark.usefixtures('tiny')
+def test_a_checkpoint_with_a_damaged_record_of_its_last_epoch_is_refused_by_name(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(save_every=1e-9), tmp_path, cbs=[InterruptInside(epoch=1, batch=2)], **quiet)
+    state = load_checkpoint(tmp_path)
+    state['partial']['batch'] = -1
+    torch.save(state, tmp_path / CHECKPOINT)
+    with pytest.raises(RunFileError, match=f'{CHECKPOINT} holds a damaged record of the epoch it stopped in'):
+        load_checkpoint(tmp_path)
 
 
 @pytest.fixture(scope='module')
