@@ -93,7 +93,7 @@ def _speed_options(g, d, train: bool):
 def _output_options(g, d, train: bool):
     g.add_argument('--out', type=Path, help='run folder (default runs/<date-time>)')
     if not train: return
-    g.add_argument('--resume', type=Path, metavar='RUN', help='continue run folder RUN from its last complete epoch, '
+    g.add_argument('--resume', type=Path, metavar='RUN', help='continue run folder RUN from its last checkpoint, '
                                                               'with more --epochs if it is a plateau run')
     g.add_argument('--no-interpret', dest='interpret', action='store_false',
                    help='skip the pictures and report at the end')

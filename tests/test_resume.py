@@ -1,4 +1,4 @@
-"Runs that stop keep every complete epoch and resume to the same weights and learning rates"
+"Runs that stop keep what they trained up to their last checkpoint and resume to the same weights and learning rates"
 import errno
 import os
 import signal
