@@ -8,6 +8,7 @@ __all__ = ['budget_defaults', 'WarmupAnneal', 'warmup_anneal_factor']
 
 def budget_defaults(epochs: int, schedule: str = 'plateau') -> dict:
     "The options a run of `epochs` gets unless set: see BENCHMARKS.md for the runs behind each rule"
+    # the cutout is not among them: 16x16 at every budget, the reports' (50 epochs) and the Cutout paper's (200)
     return dict(
         plateau_patience=epochs // 10,       # a tenth of the budget: 0 at 5 epochs, 5 at 50 (torch's 10 never acts)
         pad=4 if epochs >= 10 else 0,        # a 4-pixel random translation, as every anchor past 20 epochs; at 5 epochs
