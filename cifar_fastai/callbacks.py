@@ -169,7 +169,6 @@ class EpochRecord(Callback):
         if self.csv_path is not None and is_main(): write_metrics(self.csv_path, self.rows)
         if self.log is not None: self.log(format_row(row, self.n_epoch))
 
-
     def _read_sums(self) -> dict:
         "The epoch's sums as numbers, added up over the processes of a data-parallel run where they were split"
         # `TestPass` predicts the whole test split on every process: its sums are complete (and so is 'tta' then)

@@ -23,7 +23,7 @@ def test_tta_is_the_mean_of_plain_and_mirrored_probabilities():
 
 
 # each epoch of a fit with `tta=True` (`TestPass`), as `train --tta` records it
-def tiny_model() -> nn.Module:
+def left_right_model() -> nn.Module:
     "A model that tells left from right (no pooling before the linear layer): its mirror view predicts differently"
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(3, 4, 3, stride=4), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(256, 10))
@@ -45,7 +45,7 @@ def by_hand(model: nn.Module, dl) -> tuple:
 @pytest.mark.parametrize('valid_pct', [0., 0.2])  # the loop validates on the test split, or `TestPass` predicts it
 def test_epoch_tta_accuracy_is_the_mean_of_plain_and_mirrored_probabilities(valid_pct):
     dls = cifar_dls(synthetic_cifar(200, 200, seed=1), bs=20, seed=0, valid_pct=valid_pct)
-    learn = cifar_learner(dls, model=tiny_model(), precision='fp32', ema=0.9, tta=True)  # the average is tested, kept
+    learn = cifar_learner(dls, model=left_right_model(), precision='fp32', ema=0.9, tta=True)  # the average is tested, kept
     learn.fit(1, 0.01)
     row = learn.epoch_record.rows[-1]
     plain, tta = by_hand(learn.model, dls[ds_idx_of_test(dls)])
@@ -56,7 +56,7 @@ def test_epoch_tta_accuracy_is_the_mean_of_plain_and_mirrored_probabilities(vali
 
 def test_without_tta_the_record_has_no_tta_column_and_no_mirrored_pass():
     dls = cifar_dls(synthetic_cifar(100, 30), bs=20, seed=0)
-    learn = cifar_learner(dls, model=tiny_model(), precision='fp32')
+    learn = cifar_learner(dls, model=left_right_model(), precision='fp32')
     calls = []
     learn.model.register_forward_hook(lambda m, i, o: calls.append(len(i[0])) if not m.training else None)
     learn.fit(1, 0.01)
