@@ -44,8 +44,8 @@ def timed_quickstart(repo: Path, commit: str, command: str, work: Path) -> dict:
     end = time.time()
     if done.returncode: raise SystemExit(f"{commit}: `{command}` failed ({done.returncode}):\n{done.stderr[-2000:]}")
     runs = sorted((clone / 'runs').iterdir())
-    accuracy = [line for line in done.stdout.splitlines() + done.stderr.splitlines() if line.startswith('epoch ')]
-    return dict(total=end - start, phases=phases(start, runs[-1], end), last_epoch=accuracy[-1] if accuracy else '')
+    epochs = [line for line in done.stdout.splitlines() + done.stderr.splitlines() if line.startswith('epoch ')]
+    return dict(total=end - start, phases=phases(start, runs[-1], end), last_epoch=epochs[-1] if epochs else '')
 
 
 def minutes(seconds: float) -> str:

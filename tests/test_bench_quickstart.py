@@ -17,7 +17,7 @@ def _touch(path, when: float):
 
 
 def test_phases_follow_the_files_of_the_run(bench, tmp_path):
-    "A run named at 12:00:00 after a 95 s install; its files at +28 s, +4:11, +10 s and +72 s; the clock stops 3 s later"
+    "A run named at 12:00:00 after a 95 s install; files at +28 s, +4:11, +10 s, +72 s, +1 s; the clock stops 3 s on"
     named = datetime(2026, 12, 2, 12, 0, 0).timestamp()
     run = tmp_path / '20261202-120000'
     run.mkdir()
