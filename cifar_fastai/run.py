@@ -17,8 +17,8 @@ from cifar_fastai.callbacks import write_metrics
 from cifar_fastai.checkpoint import (CHECKPOINT, Checkpoint, SkipBatches, SkipEpochs, load_checkpoint,
                                      restore_checkpoint, stop_after_batch)
 from cifar_fastai.collective import on_main
-from cifar_fastai.config import (ADDED_LATER, CONFIG, CONFIG_FORMAT, LR_SUGGESTIONS, RESUME_CHANGES, SCHEDULES,
-                                 ConfigError, RunConfig, check_resume, read_config, saved_config)
+from cifar_fastai.config import (CONFIG, CONFIG_FORMAT, LR_SUGGESTIONS, RESUME_CHANGES, SCHEDULES, ConfigError,
+                                 RunConfig, check_resume, read_config, saved_config)
 from cifar_fastai.data import Source, read_cifar10
 from cifar_fastai.ema import EMA
 from cifar_fastai.io import atomic_save, atomic_write, ensure_writable_dir, remove_temporaries
@@ -185,6 +185,7 @@ class _Saved(NamedTuple):
     config: RunConfig
     record: dict
     state: dict | None
+    written: RunConfig  # the options as `config.json` gives them, before this resume's changes
 
 
 def _saved_run(run: Path, config: RunConfig | None) -> _Saved:
@@ -195,7 +196,7 @@ def _saved_run(run: Path, config: RunConfig | None) -> _Saved:
     if state and config.epochs < state['epoch']:
         raise ConfigError(f"--epochs {config.epochs}: {run} has trained {state['epoch']} epochs already; "
                           f"leave --epochs out to finish it, or give more")
-    return _Saved(config, record, state)
+    return _Saved(config, record, state, saved)
 
 
 def _resume(learn: Learner, run: Path, saved: _Saved, log) -> tuple:
@@ -227,8 +228,9 @@ def _tidy(run: Path, rows: list, saved: _Saved):
     remove_temporaries(run)
     if rows: write_metrics(run / METRICS, rows)
     else: (run / METRICS).unlink(missing_ok=True)  # epochs recorded after the last checkpoint are trained again
-    was = lambda k: saved.record.get(k, ADDED_LATER.get(k))  # an option newer than the run: what it did without it
-    changed = {k: getattr(saved.config, k) for k in RESUME_CHANGES if was(k) != getattr(saved.config, k)}
+    # an option newer than the run reads as what the run did without it (`ADDED_LATER`): unchanged, not written
+    now, was = saved.config, saved.written
+    changed = {k: getattr(now, k) for k in RESUME_CHANGES if getattr(was, k) != getattr(now, k)}
     if changed: _write_record(run, saved.record | changed)
 
 
