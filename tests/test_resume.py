@@ -55,13 +55,16 @@ def test_resume_gives_the_weights_and_lrs_of_an_uninterrupted_run(tmp_path, sche
         assert torch.allclose(v.float(), w.float(), atol=1e-5), k
 
 
-class InterruptInside(Callback):
-    "Raise `KeyboardInterrupt` after training batch `batch` (1-based) of epoch `epoch`, once its checkpoint is written"
+class AtBatch(Callback):
+    "Call `act` after training batch `batch` (1-based) of epoch `epoch`, once `Checkpoint` has seen the batch"
     order = 90  # after `Checkpoint` (70)
 
-    def __init__(self, epoch, batch): self.at = (epoch, batch)
+    def __init__(self, epoch, batch, act): self.at, self.act = (epoch, batch), act
     def after_batch(self):
-        if self.training and (self.epoch + 1, self.iter + 1) == self.at: raise KeyboardInterrupt
+        if self.training and (self.epoch + 1, self.iter + 1) == self.at: self.act()
+
+
+def _interrupt(): raise KeyboardInterrupt
 
 
 @pytest.mark.usefixtures('tiny')
@@ -70,7 +73,7 @@ def test_a_run_stopped_inside_an_epoch_resumes_from_its_last_batch_as_if_never_s
     config = lambda: _config(schedule=schedule, save_every=1e-9, **ema)  # a checkpoint after every batch
     full = train(config(), tmp_path / 'full', **quiet)
     with pytest.raises(KeyboardInterrupt):
-        train(config(), tmp_path / 'cut', cbs=[InterruptInside(epoch=2, batch=3)], **quiet)
+        train(config(), tmp_path / 'cut', cbs=[AtBatch(epoch=2, batch=3, act=_interrupt)], **quiet)
     state = load_checkpoint(tmp_path / 'cut')
     assert state['epoch'] == 1 and state['partial']['batch'] == 3
     logged = []
@@ -84,22 +87,14 @@ def test_a_run_stopped_inside_an_epoch_resumes_from_its_last_batch_as_if_never_s
         assert torch.allclose(v.float(), w.float(), atol=1e-5), k
 
 
-class SignalAfter(Callback):
-    "Send this process `sig` after training batch `batch` of epoch `epoch`, as Ctrl-C or a SIGTERM from outside would"
-    order = 90
-
-    def __init__(self, sig, epoch, batch): self.sig, self.at = sig, (epoch, batch)
-    def after_batch(self):
-        if self.training and (self.epoch + 1, self.iter + 1) == self.at: os.kill(os.getpid(), self.sig)
-
-
 @pytest.mark.usefixtures('tiny')
 @pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_while_training_saves_after_the_next_batch_and_loses_nothing(tmp_path, sig):
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     full = train(_config(save_every=0.), tmp_path / 'full', **quiet)  # no saves inside an epoch but the stop's
     with pytest.raises(KeyboardInterrupt):
-        train(_config(save_every=0.), tmp_path / 'cut', cbs=[SignalAfter(sig, epoch=2, batch=3)], **quiet)
+        signal_it = AtBatch(epoch=2, batch=3, act=lambda: os.kill(os.getpid(), sig))  # as Ctrl-C or a SIGTERM would
+        train(_config(save_every=0.), tmp_path / 'cut', cbs=[signal_it], **quiet)
     assert {s: signal.getsignal(s) for s in handlers} == handlers  # the handlers of before the fit are back
     state = load_checkpoint(tmp_path / 'cut')
     assert state['epoch'] == 1 and state['partial']['batch'] == 4  # the batch in progress when the signal came
@@ -113,7 +108,7 @@ def test_ctrl_c_while_training_saves_after_the_next_batch_and_loses_nothing(tmp_
 @pytest.mark.usefixtures('tiny')
 def test_a_checkpoint_with_a_damaged_record_of_its_last_epoch_is_refused_by_name(tmp_path):
     with pytest.raises(KeyboardInterrupt):
-        train(_config(save_every=1e-9), tmp_path, cbs=[InterruptInside(epoch=1, batch=2)], **quiet)
+        train(_config(save_every=1e-9), tmp_path, cbs=[AtBatch(epoch=1, batch=2, act=_interrupt)], **quiet)
     state = load_checkpoint(tmp_path)
     state['partial']['batch'] = -1
     torch.save(state, tmp_path / CHECKPOINT)
