@@ -187,6 +187,11 @@ class _Saved(NamedTuple):
     state: dict | None
     written: RunConfig  # the options as `config.json` gives them, before this resume's changes
 
+    @property
+    def partial(self) -> dict | None:
+        "Where the checkpoint stopped inside its next epoch ('batch', 'record' so far); None at an epoch's end"
+        return (self.state or {}).get('partial')
+
 
 def _saved_run(run: Path, config: RunConfig | None) -> _Saved:
     "The run in `run`, to go on with `config` (None: as saved), every file checked before anything is written"
@@ -209,8 +214,7 @@ def _resume(learn: Learner, run: Path, saved: _Saved, log) -> tuple:
     if longer and (config.warmup or config.anneal):  # shares of the steps: of the new length from now on
         longer += f"; its warm-up and final decay now span {config.epochs} epochs, from the plateau's rate"
     longer += ')' if longer else ''
-    inside = (f" and {state['partial']['batch']} batches of epoch {done + 1}"
-              if state and state.get('partial') else '')
+    inside = f" and {saved.partial['batch']} batches of epoch {done + 1}" if saved.partial else ''
     log(f"Resuming {run} after epoch {done} of {config.epochs}{longer}{inside}" if state else
         f"{run} has no complete epoch: starting it again with its saved options and learning rate")
     if state is None or config.schedule == 'one-cycle': return done, saved.record['lr_used']
@@ -232,6 +236,13 @@ def _tidy(run: Path, rows: list, saved: _Saved):
     now, was = saved.config, saved.written
     changed = {k: getattr(now, k) for k in RESUME_CHANGES if getattr(was, k) != getattr(now, k)}
     if changed: _write_record(run, saved.record | changed)
+
+
+def _plan(epochs: int, done: int, partial: dict | None) -> str:
+    "What a fit has left: '20 epochs' from the start, 'epochs 16 to 20 (16 from its batch 234)' inside a resumed one"
+    if not done and not partial: return f"{epochs} epochs"
+    span = f"epoch {done + 1}" if done + 1 == epochs else f"epochs {done + 1} to {epochs}"
+    return span + (f" ({done + 1} from its batch {partial['batch'] + 1})" if partial else '')
 
 
 def _claim(run: Path):
@@ -293,8 +304,9 @@ def train(config: RunConfig | None, out, resume: bool = False, cbs=None, log=pri
         learn = _learner(config, run, saved, progress, log)
         with nullcontext() if progress else _quiet(learn):
             done, lr = _resume(learn, run, saved, log) if resume else _start(learn, run, config, parallel, log)
-            log(f"Training {config.epochs - done} epochs, precision {learn.precision}, schedule {config.schedule}")
-            partial = saved.state.get('partial') if resume and saved.state else None
+            partial = saved.partial if resume else None
+            plan = _plan(config.epochs, done, partial)
+            log(f"Training {plan}, precision {learn.precision}, schedule {config.schedule}")
             _fit(learn, config, lr, run, start_epoch=done, cbs=cbs, parallel=parallel, partial=partial)
         _log_early_end(learn, config, log)
         if main: _save_final(learn, run)

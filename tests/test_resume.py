@@ -79,6 +79,7 @@ def test_a_run_stopped_inside_an_epoch_resumes_from_its_last_batch_as_if_never_s
     logged = []
     resumed = train(config(), tmp_path / 'cut', resume=True, log=logged.append)
     assert any('after epoch 1 of 3 and 3 batches of epoch 2' in line for line in logged)
+    assert any(line.startswith('Training epochs 2 to 3 (2 from its batch 4),') for line in logged)  # not '2 epochs'
     a, b = read_metrics(tmp_path / 'full' / 'metrics.csv'), read_metrics(tmp_path / 'cut' / 'metrics.csv')
     for key in ('train_loss', 'train_accuracy', 'lr', 'test_loss', 'test_accuracy'):  # the same batches, the same draws
         assert [r[key] for r in b] == pytest.approx([r[key] for r in a], rel=1e-5), key
