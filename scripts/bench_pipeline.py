@@ -24,30 +24,26 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_precision import subset  # noqa: E402  (a sibling script)
+from bench_precision import print_header, print_row, subset  # noqa: E402  (sibling scripts)
+from bench_speed import reference_tfms  # noqa: E402
 
 from cifar_fastai.data import Cifar10, read_cifar10  # noqa: E402
 from cifar_fastai.learner import cifar_learner  # noqa: E402
 from cifar_fastai.loaders import cifar_dls  # noqa: E402
 from cifar_fastai.models import resnet18  # noqa: E402
 from cifar_fastai.precision import DTYPES  # noqa: E402
-from cifar_fastai.transforms import CIFAR10_MEAN, CIFAR10_STD, cifar_augs  # noqa: E402
+from cifar_fastai.transforms import cifar_augs  # noqa: E402
 
 MOMENTUM, WD = (0.95, 0.85), 5e-4  # fastai's one-cycle momentum range, and our weight decay
 
 
 class ArrayDataset(Dataset):
-    "(H, W, 3) uint8 images through an Albumentations pipeline, then to a normalised float CHW tensor"
+    "(H, W, 3) uint8 images through an Albumentations pipeline, then normalised to float CHW as the reference does"
     def __init__(self, images: np.ndarray, labels: np.ndarray, aug=None):
-        self.images, self.labels, self.aug = images, labels, aug
-        self.mean, self.std = (torch.tensor(s).view(3, 1, 1) for s in (CIFAR10_MEAN, CIFAR10_STD))
+        self.images, self.labels, self.tfms = images, labels, reference_tfms(aug)
 
     def __len__(self): return len(self.labels)
-
-    def __getitem__(self, i):
-        img = self.images[i] if self.aug is None else self.aug(image=self.images[i])['image']
-        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float() / 255
-        return (x - self.mean) / self.std, int(self.labels[i])
+    def __getitem__(self, i): return self.tfms(image=self.images[i])['image'], int(self.labels[i])
 
 
 def param_groups(model: torch.nn.Module) -> list[dict]:
@@ -66,15 +62,19 @@ def one_cycle(opt: torch.optim.Optimizer, lr: float, steps: int) -> torch.optim.
                                                base_momentum=MOMENTUM[1])
 
 
+def logits(model, x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    "`model`'s fp32 logits of `x` in channels_last, under bf16 autocast when `dtype` is set"
+    with torch.autocast('cpu', dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        return model(x.contiguous(memory_format=torch.channels_last)).float()
+
+
 def plain_epoch(model, loader, opt, sched, dtype) -> tuple[float, float]:
     "One training epoch of the plain loop: mean loss and accuracy over its batches"
     model.train()
     loss_sum, correct, n = 0., 0, 0
     for x, y in loader:
-        x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast('cpu', dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            out = model(x)
-        loss = F.cross_entropy(out.float(), y)
+        out = logits(model, x, dtype)
+        loss = F.cross_entropy(out, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -89,8 +89,7 @@ def plain_test(model, loader, dtype) -> tuple[float, float]:
     model.eval()
     loss_sum, correct, n = 0., 0, 0
     for x, y in loader:
-        with torch.autocast('cpu', dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            out = model(x.contiguous(memory_format=torch.channels_last)).float()
+        out = logits(model, x, dtype)
         loss_sum += F.cross_entropy(out, y, reduction='sum').item()
         correct, n = correct + (out.argmax(1) == y).sum().item(), n + len(y)
     return loss_sum / n, correct / n
@@ -160,13 +159,10 @@ def main(argv=None):
     init = resnet18(n_out=10).state_dict()
     print(f"{data.source}; bs {args.bs}, one-cycle peak {args.lr}, pad {args.pad}, {args.epochs} epochs, seed "
           f"{args.seed}, {torch.get_num_threads()} threads\n")
-    print('| contender | epoch | train loss | train accuracy | test loss | test accuracy | seconds |')
-    print('|---|---:|---:|---:|---:|---:|---:|')
+    print_header('contender')
     finals = {}
     for pipeline, precision in args.runs:
-        for r in PIPELINES[pipeline](data, init, precision, args):
-            print(f"| {pipeline} {precision} | {r['epoch']} | {r['train_loss']:.4f} | {r['train_accuracy']:.2%} | "
-                  f"{r['test_loss']:.4f} | {r['test_accuracy']:.2%} | {r['seconds']:.0f} |", flush=True)
+        for r in PIPELINES[pipeline](data, init, precision, args): print_row(f'{pipeline} {precision}', r)
         finals[f'{pipeline} {precision}'] = r
     first, *rest = finals
     for name in rest:

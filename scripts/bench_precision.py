@@ -33,6 +33,18 @@ def train_one(data: Cifar10, precision: str, epochs: int, lr: float, bs: int, se
     return learn.epoch_record.rows
 
 
+def print_header(first: str):
+    "The markdown table's head: `first` names the contenders' column"
+    print(f'| {first} | epoch | train loss | train accuracy | test loss | test accuracy | seconds |')
+    print('|---|---:|---:|---:|---:|---:|---:|')
+
+
+def print_row(name: str, r: dict):
+    "One epoch's row (as `EpochRecord` keeps it) of contender `name`, printed at once"
+    print(f"| {name} | {r['epoch']} | {r['train_loss']:.4f} | {r['train_accuracy']:.2%} | {r['test_loss']:.4f} | "
+          f"{r['test_accuracy']:.2%} | {r['seconds']:.0f} |", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--data', required=True, help='CIFAR-10 folder (batches or class folders)')
@@ -45,12 +57,9 @@ def main():
     args = p.parse_args()
     data = subset(read_cifar10(args.data), args.n_train, args.n_test, args.seed)
     print(f"{data.source}; bs {args.bs}, lr {args.lr}, {args.epochs} epochs, {torch.get_num_threads()} threads\n")
-    print('| precision | epoch | train loss | train accuracy | test loss | test accuracy | seconds |')
-    print('|---|---:|---:|---:|---:|---:|---:|')
+    print_header('precision')
     for precision in ('fp32', 'bf16'):
-        for r in train_one(data, precision, args.epochs, args.lr, args.bs, args.seed):
-            print(f"| {precision} | {r['epoch']} | {r['train_loss']:.4f} | {r['train_accuracy']:.2%} | {r['test_loss']:.4f} | "
-                  f"{r['test_accuracy']:.2%} | {r['seconds']:.0f} |", flush=True)
+        for r in train_one(data, precision, args.epochs, args.lr, args.bs, args.seed): print_row(precision, r)
 
 
 if __name__ == '__main__':
