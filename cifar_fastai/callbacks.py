@@ -14,7 +14,7 @@ from cifar_fastai.io import atomic_write
 from cifar_fastai.precision import autocast_dtype
 
 __all__ = ['ReduceLROnPlateau', 'EpochRecord', 'TestPass', 'NonFiniteLossError', 'StopOnNonFinite', 'METRIC_COLUMNS',
-           'format_row']
+           'format_row', 'time_left']
 
 # valid_*: the part of train held out by `valid_pct`, present only when there is one (else the test split validates)
 # test_tta_accuracy: with flip test-time augmentation, present when the run asked for it (`TestPass(tta=True)`)
@@ -167,7 +167,7 @@ class EpochRecord(Callback):
         row |= dict(lr=self.lr_sum / self.n_batches, seconds=time.time() - self.start)
         self.rows.append(row)
         if self.csv_path is not None and is_main(): write_metrics(self.csv_path, self.rows)
-        if self.log is not None: self.log(format_row(row, self.n_epoch))
+        if self.log is not None: self.log(format_row(row, self.n_epoch) + time_left(self.rows, self.n_epoch))
 
     def _read_sums(self) -> dict:
         "The epoch's sums as numbers, added up over the processes of a data-parallel run where they were split"
@@ -222,6 +222,16 @@ def format_row(row: dict, n_epoch: int | None = None) -> str:
                         for split in ('train', 'valid', 'test') if f'{split}_loss' in row)
     if 'test_tta_accuracy' in row: splits += f" (flip TTA {row['test_tta_accuracy']:.2%})"
     return f"epoch {row['epoch']}{of}: {splits} | lr {row['lr']:.3g} | {row['seconds']:.0f} s"
+
+
+def time_left(rows: list, n_epoch: int, last: int = 3) -> str:
+    "' | about 1 h 5 min left': the epochs after `rows` at the mean pace of the `last` ones, or '' when none are left"
+    left = n_epoch - rows[-1]['epoch']
+    if left <= 0: return ''
+    recent = rows[-last:]  # recent epochs: a resumed run may be on another machine, and the first pays for warm-up
+    minutes = max(1, round(left * sum(r['seconds'] for r in recent) / len(recent) / 60))
+    hours, minutes = divmod(minutes, 60)
+    return f" | about {f'{hours} h ' if hours else ''}{minutes} min left"
 
 
 def write_metrics(path: Path, rows: list):

@@ -1,5 +1,6 @@
 "A run folder holds everything a run made; the command line rejects bad options before touching data"
 import json
+import re
 
 import pytest
 import torch
@@ -7,7 +8,7 @@ from fastai.learner import load_learner
 from fastai.vision.core import PILImage
 
 from cifar_fastai import cli
-from cifar_fastai.callbacks import format_row, read_metrics
+from cifar_fastai.callbacks import format_row, read_metrics, time_left
 from cifar_fastai.data import read_cifar10
 from cifar_fastai.evaluate import predict
 from cifar_fastai.models import resnet18
@@ -121,7 +122,8 @@ def test_without_progress_bars_a_run_logs_one_line_per_epoch_matching_metrics(tm
                   log=lines.append, progress=False)
     rows, written = learn.epoch_record.rows, read_metrics(tmp_path / 'run' / 'metrics.csv')
     epoch_lines = [l for l in lines if l.startswith('epoch ')]
-    assert epoch_lines == [format_row(r, 2) for r in rows]
+    assert re.fullmatch(re.escape(format_row(rows[0], 2)) + r' \| about \d+ min left', epoch_lines[0])
+    assert epoch_lines[1] == format_row(rows[1], 2)  # the last epoch: nothing left
     for row, back in zip(rows, written, strict=True):  # the csv keeps 6 digits
         assert back == pytest.approx(row, rel=1e-5)
     assert epoch_lines[0].startswith('epoch 1/2: train loss ')
@@ -142,6 +144,16 @@ def test_format_row_reads_like_the_progress_table():
     row = dict(epoch=3, train_loss=1.23456, train_accuracy=0.5, test_loss=0.98765, test_accuracy=0.7054, lr=0.0057544, seconds=389.6)
     assert format_row(row, 5) == ('epoch 3/5: train loss 1.2346 accuracy 50.00% | test loss 0.9877 accuracy 70.54% | '
                                   'lr 0.00575 | 390 s')
+
+
+@pytest.mark.parametrize('seconds,n_epoch,left', [
+    ([600, 300, 330, 360], 10, ' | about 33 min left'),   # 6 epochs at 330 s, the mean of the last three
+    ([4000], 3, ' | about 2 h 13 min left'),              # 2 x 4000 s = 133.3 min
+    ([5, 5], 3, ' | about 1 min left'),                    # 5 s: said as a minute, never as 0
+    ([300, 300, 300], 3, '')])                            # the last epoch
+def test_the_epoch_line_says_how_long_the_rest_of_the_run_takes(seconds, n_epoch, left):
+    rows = [dict(epoch=i + 1, seconds=s) for i, s in enumerate(seconds)]
+    assert time_left(rows, n_epoch) == left
 
 
 @pytest.mark.parametrize('argv,patience', [
