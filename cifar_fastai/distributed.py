@@ -76,6 +76,12 @@ class CollectiveDL(AsyncCopy, DistributedDL):
 
 class DataParallelTrainer(DistributedTrainer):
     "fastai's `DistributedTrainer` with `CollectiveDL` loaders, and plain `BatchNorm2d` back in the model after the fit"
+    def before_fit(self):
+        super().before_fit()
+        # fastai shares out every loader; the test split of a held-out run stays whole: `TestPass` predicts all of it
+        # on each process, as the loop's own validation on the test split is added up over them
+        self.learn.dls.loaders[2:] = self.old_dls[2:]
+
     def _wrap_dl(self, dl):
         return dl if isinstance(dl, DistributedDL) else CollectiveDL(dl, device=self.learn.model.device)
 

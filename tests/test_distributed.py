@@ -34,6 +34,17 @@ class DrawnIndices(Callback):
         (self.folder / f'drawn-{rank}.json').write_text(json.dumps({**self.drawn, 'trained': self.trained}))
 
 
+class TestCounts(Callback):
+    "Write how many test images this process counted in its last epoch, plain and flipped, to `folder`/tested-<rank>"
+    order = 90
+
+    def __init__(self, folder: Path): self.folder = Path(folder)
+
+    def after_epoch(self):
+        sums, rank = self.learn.epoch_record.sums, torch.distributed.get_rank()
+        (self.folder / f'tested-{rank}.json').write_text(json.dumps({k: int(sums[k][2]) for k in ('test', 'tta')}))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
@@ -62,6 +73,8 @@ def _runs(rank: int, port: int, tmp: Path):
     _save(learn, tmp / f'weights-{rank}.pth')
     (tmp / f'seen-{rank}.json').write_text(json.dumps({
         'path': str(learn.path), 'lr': learn.opt.hypers[-1]['lr'], 'broadcast': broadcast_value({'from': rank})}))
+    held_out = RunConfig(data='sample', epochs=1, bs=50, lr=0.02, valid_pct=0.2, tta=True, interpret=False)
+    train(held_out, tmp / 'held', cbs=[TestCounts(tmp)], **quiet)
     resumable = RunConfig(data='sample', epochs=2, bs=50, lr=0.02, interpret=False)
     with pytest.raises(KeyboardInterrupt): train(resumable, tmp / 'cut', cbs=[InterruptAfter(1)], **quiet)
     torch.distributed.barrier()  # rank 0 has written the checkpoint
@@ -115,6 +128,11 @@ def test_processes_draw_disjoint_shares_that_cover_each_epoch(launch):
     assert [d['trained'] for d in drawn] == [500 // WORLD] * WORLD
 
 
+def test_with_a_held_out_split_every_process_tests_on_all_of_the_test_split(launch):
+    # the loop validates each process on its share of the held-out images; the test pass is not shared out
+    assert [_read(launch / f'tested-{r}.json') for r in range(WORLD)] == [{'test': 200, 'tta': 200}] * WORLD
+
+
 def test_weights_are_identical_on_every_process(launch):
     ws = [torch.load(launch / f'weights-{r}.pth') for r in range(WORLD)]
     assert ws[0].keys() == ws[1].keys()
@@ -123,7 +141,7 @@ def test_weights_are_identical_on_every_process(launch):
 
 
 def test_only_rank0_writes_one_run_folder(launch):
-    assert sorted(p.name for p in launch.iterdir() if p.is_dir()) == ['bug', 'cut', 'nan', 'run']
+    assert sorted(p.name for p in launch.iterdir() if p.is_dir()) == ['bug', 'cut', 'held', 'nan', 'run']
     assert {'config.json', 'metrics.csv', 'checkpoint.pth', 'model.pth', 'export.pkl', 'lr_find.png'} <= {
         p.name for p in (launch / 'run').iterdir()}
     assert [_read(launch / f'seen-{r}.json')['path'] for r in range(WORLD)] == [str(launch / 'run')] * WORLD
