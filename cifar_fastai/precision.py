@@ -22,7 +22,8 @@ def resolve_precision(precision: str, device) -> str:
         raise ValueError(f"Unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if precision != 'auto': return precision
     device = torch.device(device)
-    if device.type == 'cuda': return 'bf16' if torch.cuda.is_bf16_supported() else 'fp16'
+    # bf16 is native from compute capability 8 (Ampere); `torch.cuda.is_bf16_supported()` says yes to emulation too
+    if device.type == 'cuda': return 'bf16' if torch.cuda.get_device_capability(device) >= (8, 0) else 'fp16'
     return 'bf16' if device.type == 'cpu' and cpu_has_bf16() else 'fp32'
 
 

@@ -41,6 +41,16 @@ def test_every_precision_trains_with_finite_losses(precision):
     assert learn.model[0].weight.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize('capability,precision', [((7, 5), 'fp16'), ((7, 0), 'fp16'), ((8, 0), 'bf16'),
+                                                  ((9, 0), 'bf16')])
+def test_auto_on_a_gpu_takes_bf16_only_where_it_is_native(monkeypatch, capability, precision):
+    # T4 (7.5) and V100 (7.0) emulate bf16, slower than their fp16; A100 (8.0) and H100 (9.0) compute it
+    asked = []
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: asked.append(device) or capability)
+    assert resolve_precision('auto', 'cuda:1') == precision
+    assert asked == [torch.device('cuda:1')]  # the run's GPU, not whichever is current
+
+
 def _stem():
     return torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1, bias=False), torch.nn.BatchNorm2d(64))
 
