@@ -37,12 +37,13 @@ def describe(run) -> str:
     mult = f" x {c['lr_mult']:g}" if c.get('lr_mult', 1) != 1 else ''  # runs before `lr_mult` trained at the suggestion
     iters = (c.get('lr_suggestions') or {}).get('num_it') or c.get('lr_find_iters')  # `num_it`: the length used
     batches = f" of {iters} batches" if iters else ''
-    lr = f"lr {c['lr_used']:.3g} ({'lr_find' + batches + ' ' + c['lr_suggestion'] + mult if c['lr'] == 'find' else 'fixed'})"
-    schedule = (f"plateau (patience {c['plateau_patience']}, threshold {c['plateau_threshold']:g})" if c['schedule'] == 'plateau'
-                else c['schedule'])
+    source = 'lr_find' + batches + ' ' + c['lr_suggestion'] + mult if c['lr'] == 'find' else 'fixed'
+    lr = f"lr {c['lr_used']:.3g} ({source})"
+    schedule = c['schedule']
+    if schedule == 'plateau': schedule += f" (patience {c['plateau_patience']}, threshold {c['plateau_threshold']:g})"
     augs = (f"pad {c['pad']} + crop, " if c['pad'] else '') + f"flip, cutout {c['cutout']} p {c['cutout_p']}"
     smoothing = f", label smoothing {c['label_smoothing']}" if c.get('label_smoothing') else ''
-    smoothing += f", tested on an EMA of the weights (decay {c['ema']}, every {c.get('ema_every', 1)} steps)" if c.get('ema') else ''
+    if c.get('ema'): smoothing += f", tested on an EMA of the weights (decay {c['ema']}, every {c.get('ema_every', 1)} steps)"
     return (f"- `{Path(run).name}`: {schedule}, {lr}, bs {c['bs']}, {augs}{smoothing}, SGD momentum {c['momentum']}, "
             f"wd {c['wd']} ({c['wd_mode']}), precision {c['precision_used']}, seed {c['seed']}, "
             f"{c['n_train']} train / {c['n_test']} test images, {c.get('processor') or platform.processor()}; {leads(run)}")
@@ -54,7 +55,8 @@ def leads(run) -> str:
     ahead = [e for e in REFERENCE_EPOCHS if e in ours and ours[e] > REFERENCE_EPOCHS[e]]
     compared = [e for e in REFERENCE_EPOCHS if e in ours]
     stopped = f" (it stopped after epoch {max(ours)})" if len(compared) < len(REFERENCE_EPOCHS) else ''
-    return f"ahead of the reference log at {len(ahead)} of {len(compared)} epochs{stopped}" + (': every one' if ahead == compared else '')
+    every = ': every one' if ahead == compared else ''
+    return f"ahead of the reference log at {len(ahead)} of {len(compared)} epochs{stopped}{every}"
 
 
 def main():
@@ -68,7 +70,8 @@ def main():
     args = p.parse_args()
     runs = list(args.runs)
     if args.data:
-        train(RunConfig(data=args.data, epochs=args.epochs, schedule=args.schedule, seed=args.seed, interpret=False), args.out)
+        config = RunConfig(data=args.data, epochs=args.epochs, schedule=args.schedule, seed=args.seed, interpret=False)
+        train(config, args.out)
         runs.append(args.out)
     print('\n'.join(describe(r) for r in runs) + '\n\n' + table(runs))
 

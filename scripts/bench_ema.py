@@ -43,7 +43,8 @@ class ShadowAverages(Callback):
             try: loss, accuracy = self._score()
             finally: ema.after_validate()
             rows.append(dict(epoch=self.epoch + 1, decay=ema.decay, test_loss=round(loss, 6), test_accuracy=accuracy))
-            print(f"epoch {self.epoch + 1}: average of decay {ema.decay:g}: test accuracy {100 * accuracy:.2f} %", flush=True)
+            print(f"epoch {self.epoch + 1}: average of decay {ema.decay:g}: test accuracy {100 * accuracy:.2f} %",
+                  flush=True)
         new = not self.path.exists()
         with self.path.open('a', newline='') as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -78,8 +79,8 @@ def table(runs: list) -> str:
         lines += [f"`{run.name}` (lr {config['lr_used']:.3g}):", '',
                   f"| epoch | recipe, decay {config['ema']:g} | " + ' | '.join(f'decay {d:g}' for d in decays) + ' |',
                   '|---|---|' + '---|' * len(decays)]
-        lines += [f"| {e} | {100 * a:.2f} % | " + ' | '.join(f'{100 * by[e, d]:.2f} %' if (e, d) in by else '' for d in decays) + ' |'
-                  for e, a in sorted(own.items())] + ['']
+        cells = lambda e: ' | '.join(f'{100 * by[e, d]:.2f} %' if (e, d) in by else '' for d in decays)
+        lines += [f"| {e} | {100 * a:.2f} % | {cells(e)} |" for e, a in sorted(own.items())] + ['']
     return '\n'.join(lines)
 
 

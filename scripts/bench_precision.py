@@ -51,7 +51,8 @@ def main():
     p.add_argument('--n-train', type=int, default=10000)
     p.add_argument('--n-test', type=int, default=2000)
     p.add_argument('--epochs', type=int, default=1)
-    p.add_argument('--lr', type=float, default=0.00275, help="fixed rate (default: lr_find's minimum rule on full data, bs 64)")
+    p.add_argument('--lr', type=float, default=0.00275,
+                   help="fixed rate (default: lr_find's minimum rule on full data, bs 64)")
     p.add_argument('--bs', type=int, default=64)
     p.add_argument('--seed', type=int, default=0)
     args = p.parse_args()

@@ -35,7 +35,8 @@ def _config(**kw):
 
 
 @pytest.mark.usefixtures('tiny')
-@pytest.mark.parametrize('schedule,ema', [('plateau', dict(ema=0.)), ('one-cycle', dict(ema=0.)), ('plateau', dict(ema=0.9, ema_every=3))])
+@pytest.mark.parametrize('schedule,ema', [('plateau', dict(ema=0.)), ('one-cycle', dict(ema=0.)),
+                                         ('plateau', dict(ema=0.9, ema_every=3))])
 def test_resume_gives_the_weights_and_lrs_of_an_uninterrupted_run(tmp_path, schedule, ema):
     # ema_every 3 with 7 steps an epoch: the step count of the average must survive the stop too
     full = train(_config(schedule=schedule, **ema), tmp_path / 'full', **quiet)

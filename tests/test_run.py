@@ -101,7 +101,8 @@ def test_evaluate_tta_prints_the_accuracy_of_the_averaged_prediction(sample_run,
     (['train', '--epochs', '0'], '--epochs'), (['train', '--epochs', '-3'], '--epochs'),
     (['train', '--bs', '0'], '--bs'), (['train', '--lr', '-0.1'], '--lr'), (['train', '--lr', 'fast'], '--lr'),
     (['train', '--precision', 'fp8'], '--precision'), (['train', '--schedule', 'cosine'], '--schedule'),
-    (['train', '--label-smoothing', '1'], '--label-smoothing'), (['train', '--plateau-patience', '-1'], '--plateau-patience'),
+    (['train', '--label-smoothing', '1'], '--label-smoothing'),
+    (['train', '--plateau-patience', '-1'], '--plateau-patience'),
     (['train', '--ema', '1'], '--ema'), (['train', '--ema', '-0.5'], '--ema'), (['train', '--ema-every', '0'], '--ema-every'),
     (['train', '--valid-pct', '1'], '--valid-pct'), (['train', '--anneal', '1.5'], '--anneal'),
     (['train', '--warmup', '0.6', '--anneal', '0.6'], '--warmup'),
@@ -141,7 +142,8 @@ def test_without_progress_bars_decoding_a_folder_prints_nothing(tmp_path, capsys
 
 
 def test_format_row_reads_like_the_progress_table():
-    row = dict(epoch=3, train_loss=1.23456, train_accuracy=0.5, test_loss=0.98765, test_accuracy=0.7054, lr=0.0057544, seconds=389.6)
+    row = dict(epoch=3, train_loss=1.23456, train_accuracy=0.5, test_loss=0.98765, test_accuracy=0.7054, lr=0.0057544,
+               seconds=389.6)
     assert format_row(row, 5) == ('epoch 3/5: train loss 1.2346 accuracy 50.00% | test loss 0.9877 accuracy 70.54% | '
                                   'lr 0.00575 | 390 s')
 
