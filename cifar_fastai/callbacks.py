@@ -107,10 +107,12 @@ class StopOnNonFinite(Callback):
     def after_loss(self):
         if not self.training: return
         finite = bool(torch.isfinite(self.loss).all())
+        if not _in_fit(self.learn):  # fastai's range test, on one process: a diverged loss is where it ends
+            if finite: return
+            raise CancelFitException()  # as its own stop at 4x the best loss; its `after_fit` puts the weights back
         # in a data-parallel fit every process learns of it, and all stop at this batch rather than wait for the one
         # that stops in the gradients' all-reduce (one more all-reduce of a number per step)
-        bad = torch.tensor([float(not finite)])
-        n_bad = int(all_reduce_sum(bad).item() if _in_fit(self.learn) else bad.item())
+        n_bad = int(all_reduce_sum(torch.tensor([float(not finite)])).item())
         if not n_bad: return
         where = f" on {n_bad} of the {torch.distributed.get_world_size()} processes" if in_process_group() else ''
         value = 'non-finite' if finite else float(self.loss.detach())

@@ -1,6 +1,7 @@
 "The Learner: SGD with momentum and L2 or decoupled weight decay, and an lr_find that puts everything back"
 import pytest
 import torch
+from fastai.callback.core import Callback
 
 from cifar_fastai.learner import cifar_learner
 from cifar_fastai.loaders import cifar_dls
@@ -30,14 +31,37 @@ def test_lr_find_restores_weights_and_optimizer_state_exactly(dls, tmp_path):
     assert list(tmp_path.rglob('*.pth')) == []  # the finder's temporary copy is gone
 
 
+class DivergeAt(Callback):
+    "Make the training loss NaN from the `n`th batch on, as a rate too high for the numbers does"
+    order = -10  # before `StopOnNonFinite` (-5) looks at the loss
+    def __init__(self, n: int): self.n = n
+    def after_loss(self):
+        if self.training and self.train_iter + 1 >= self.n: self.learn.loss = torch.tensor(float('nan'))
+
+
+def test_a_range_test_that_diverges_to_nan_ends_there_and_suggests_from_before(dls, tmp_path):
+    # fastai's range test expects the loss to blow up at its end: the NaN is its signal to stop, not the run's error
+    from cifar_fastai.run import find_lr
+    learn = cifar_learner(dls, model=_small_model(), path=tmp_path, precision='fp32', channels_last=False)
+    weights = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    learn.add_cb(DivergeAt(25))
+    found = find_lr(learn, num_it=40)
+    assert len(learn.recorder.losses) == 24 and all(torch.isfinite(torch.as_tensor(learn.recorder.losses)))
+    assert 0 < found['minimum'] < learn.recorder.lrs[-1]
+    assert all(torch.equal(weights[k], v) for k, v in learn.model.state_dict().items())  # put back as without a NaN
+
+
+def _small_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten(), torch.nn.Linear(4, 10))
+
+
 @pytest.mark.parametrize('mult', [1., 2.5])
 def test_find_lr_returns_mult_times_the_suggestion_and_plots_it(dls, tmp_path, mult):
     from PIL import Image
     from cifar_fastai.run import find_lr
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
-                                torch.nn.Flatten(), torch.nn.Linear(4, 10))
-    learn = cifar_learner(dls, model=model, path=tmp_path, precision='fp32', channels_last=False)
+    learn = cifar_learner(dls, model=_small_model(), path=tmp_path, precision='fp32', channels_last=False)
     found = find_lr(learn, tmp_path / 'lr_find.png', 'minimum', num_it=20, mult=mult)
     assert found['suggestion'] == 'minimum' and found['mult'] == mult and found['minimum'] > 0
     assert found['lr'] == pytest.approx(mult * found['minimum'], rel=1e-12)
