@@ -42,7 +42,8 @@ def _optimisation_options(g, d):
     g.add_argument('--lr-find-iters', type=int, default=d.lr_find_iters,
                    help=f'batches of the LR range test (default {LR_FIND_ITERS}, or {LR_FIND_PASSES} passes over '
                         'the training images if that is fewer)')
-    g.add_argument('--momentum', type=float, default=d.momentum, help='SGD momentum (default %(default)s)')
+    g.add_argument('--momentum', type=float, default=d.momentum,
+                   help='SGD momentum (default %(default)s); one-cycle cycles it 0.05 either side, as fastai')
     g.add_argument('--wd', type=float, default=d.wd, help='weight decay (default %(default)s)')
     g.add_argument('--wd-mode', default=d.wd_mode, help="'l2' (added to the gradient, default) or 'decoupled'")
     g.add_argument('--label-smoothing', type=float, default=d.label_smoothing,

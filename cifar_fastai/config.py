@@ -9,7 +9,7 @@ from fastai.callback.schedule import minimum, slide, steep, valley
 from cifar_fastai.errors import ConfigError, RunFileError
 from cifar_fastai.learner import WD_MODES
 from cifar_fastai.precision import PRECISIONS
-from cifar_fastai.recipe import WarmupAnneal, budget_defaults
+from cifar_fastai.recipe import ONE_CYCLE_SWING, WarmupAnneal, budget_defaults
 
 __all__ = ['SCHEDULES', 'LR_SUGGESTIONS', 'CONFIG', 'CONFIG_FORMAT', 'ADDED_LATER', 'RESUME_CHANGES',
            'RunConfig', 'ConfigError', 'read_config', 'saved_config', 'check_resume', 'resume_changes']
@@ -39,7 +39,7 @@ class RunConfig:
     lr_suggestion: str = 'minimum'  # which of fastai's `lr_find` suggestions 'find' uses
     lr_find_iters: int | None = None  # batches of the range test; None: `lr_find_length` of the data (300 on CIFAR-10)
     lr_mult: float | None = None    # 'find' trains at this times the suggestion; None: by the budget
-    momentum: float = 0.9
+    momentum: float = 0.9           # SGD's; one-cycle cycles it from 0.05 above to 0.05 below and back
     wd: float = 5e-4
     wd_mode: str = 'l2'             # 'l2': added to the gradient, as the reports; or 'decoupled'
     label_smoothing: float = 0.     # of torch's `CrossEntropyLoss`; 0: plain cross-entropy, as the reports
@@ -88,12 +88,16 @@ class RunConfig:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{_option(name)} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if not self.lr_mult > 0: raise ConfigError(f"--lr-mult must be a positive number, got {self.lr_mult!r}")
-        for name in ('momentum', 'wd', 'cutout_p', 'plateau_min_lr', 'save_every'):
+        for name in ('wd', 'plateau_min_lr', 'plateau_threshold', 'plateau_cooldown', 'pad', 'cutout', 'save_every'):
             v = getattr(self, name)
             if v is not None and v < 0: raise ConfigError(f"{_option(name)} must be >= 0, got {v!r}")
-        for name in ('label_smoothing', 'ema', 'valid_pct'):
+        for name in ('momentum', 'label_smoothing', 'ema', 'valid_pct'):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{_option(name)} must be in [0, 1), got {getattr(self, name)!r}")
+        if not 0 <= self.cutout_p <= 1: raise ConfigError(f"--cutout-p must be in [0, 1], got {self.cutout_p!r}")
+        if self.schedule == 'one-cycle' and not ONE_CYCLE_SWING <= self.momentum < 1 - ONE_CYCLE_SWING:
+            raise ConfigError(f"--momentum {self.momentum!r}: one-cycle cycles it {ONE_CYCLE_SWING} either side, so it "
+                              f"must be in [{ONE_CYCLE_SWING}, {1 - ONE_CYCLE_SWING})")
         if self.plateau_patience < 0:
             raise ConfigError(f"--plateau-patience must be a whole number >= 0, got {self.plateau_patience!r}")
         if not 0 < self.plateau_factor < 1:

@@ -3,7 +3,9 @@ from fastai.callback.core import Callback
 
 from cifar_fastai.callbacks import _in_fit, _is_scheduled
 
-__all__ = ['budget_defaults', 'WarmupAnneal', 'warmup_anneal_factor']
+__all__ = ['budget_defaults', 'one_cycle_moms', 'ONE_CYCLE_SWING', 'WarmupAnneal', 'warmup_anneal_factor']
+
+ONE_CYCLE_SWING = 0.05  # fastai's one-cycle momentum goes 0.95 -> 0.85 -> 0.95: 0.05 either side of SGD's usual 0.9
 
 
 def budget_defaults(epochs: int, schedule: str = 'plateau') -> dict:
@@ -17,6 +19,12 @@ def budget_defaults(epochs: int, schedule: str = 'plateau') -> dict:
         warmup=0. if schedule != 'plateau' else 0.05,  # share of the steps the plateau's rate ramps up over
         anneal=0. if schedule != 'plateau' else 0.2,   # share of the steps it decays linearly to 0 over, at the end
     )
+
+
+def one_cycle_moms(momentum: float) -> tuple:
+    "`fit_one_cycle`'s momenta around SGD's `momentum`: fastai's (0.95, 0.85, 0.95) at 0.9"
+    high, low = round(momentum + ONE_CYCLE_SWING, 10), round(momentum - ONE_CYCLE_SWING, 10)  # 0.95, not 0.9500..01
+    return high, low, high
 
 
 def warmup_anneal_factor(step: int, total: int, warmup: float, anneal: float) -> float:

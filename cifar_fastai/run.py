@@ -24,7 +24,7 @@ from cifar_fastai.ema import EMA
 from cifar_fastai.io import atomic_save, atomic_write, ensure_writable_dir, remove_temporaries
 from cifar_fastai.learner import cifar_learner
 from cifar_fastai.loaders import cifar_dls, ds_idx_of_test
-from cifar_fastai.recipe import WarmupAnneal
+from cifar_fastai.recipe import WarmupAnneal, one_cycle_moms
 from cifar_fastai.transforms import cifar_augs
 
 __all__ = ['SCHEDULES', 'RunConfig', 'ConfigError', 'train', 'find_lr', 'lr_find_length', 'run_dls', 'run_learner',
@@ -171,7 +171,8 @@ def _fit(learn: Learner, config: RunConfig, lr, run: Path, start_epoch: int = 0,
     save = Checkpoint(run, metrics=run / METRICS, every=config.save_every)
     cbs = [save, SkipEpochs(start_epoch), skip] + list(cbs or [])
     with parallel.data_parallel(learn, config.sync_bn) if parallel else nullcontext(), stop_after_batch(save):
-        if config.schedule == 'one-cycle': learn.fit_one_cycle(config.epochs, lr_max=lr, cbs=cbs)
+        if config.schedule == 'one-cycle':
+            learn.fit_one_cycle(config.epochs, lr_max=lr, moms=one_cycle_moms(config.momentum), cbs=cbs)
         else: learn.fit(config.epochs, lr=lr, cbs=cbs)
 
 

@@ -77,3 +77,16 @@ def test_a_plateau_cut_scales_the_rest_of_the_schedule():
 @pytest.mark.parametrize('warmup, anneal', [(-0.1, 0.), (0., 1.5), (0.6, 0.6)])
 def test_bad_shares_are_named(warmup, anneal):
     with pytest.raises(ValueError, match='warmup|anneal'): WarmupAnneal(warmup, anneal)
+
+
+@pytest.mark.parametrize('momentum, high, low', [(0.9, 0.95, 0.85), (0.8, 0.85, 0.75)])
+def test_one_cycle_cycles_the_momentum_around_the_one_asked_for(tmp_path, momentum, high, low):
+    # 0.9, the default, gives fastai's own (0.95, 0.85, 0.95); `--momentum` moves the cycle with it
+    from fastai.callback.schedule import combined_cos
+    from cifar_fastai.run import train
+    config = RunConfig(data='sample', epochs=1, bs=100, lr=0.02, schedule='one-cycle', momentum=momentum, ema=0.,
+                       interpret=False)
+    learn = train(config, tmp_path / 'run', log=lambda *a: None, progress=False)
+    moms = learn.recorder.hps['mom']
+    expected = combined_cos(0.25, high, low, high)  # fastai's one-cycle shape (pct_start 0.25)
+    assert len(moms) == 5 and moms == pytest.approx([expected(i / 5) for i in range(5)], abs=1e-12)

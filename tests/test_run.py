@@ -107,6 +107,12 @@ def test_evaluate_tta_prints_the_accuracy_of_the_averaged_prediction(sample_run,
     (['train', '--valid-pct', '1'], '--valid-pct'), (['train', '--anneal', '1.5'], '--anneal'),
     (['train', '--warmup', '0.6', '--anneal', '0.6'], '--warmup'),
     (['train', '--lr-find-iters', '0'], '--lr-find-iters'), (['train', '--lr-mult', '0'], '--lr-mult'),
+    (['train', '--momentum', '1'], '--momentum'),
+    (['train', '--schedule', 'one-cycle', '--momentum', '0.97'], '--momentum'),
+    (['train', '--cutout-p', '1.5'], '--cutout-p'), (['train', '--cutout', '-1'], '--cutout'),
+    (['train', '--pad', '-1'], '--pad'),
+    (['train', '--plateau-cooldown', '-1'], '--plateau-cooldown'),
+    (['train', '--plateau-threshold', '-0.1'], '--plateau-threshold'),
     (['train', '--resume', 'no-such-run'], 'not a run folder'), (['lr-find', '--bs', '-1'], '--bs')])
 def test_bad_options_exit_2_with_one_line_before_loading_data(argv, message, monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(tmp_path)
