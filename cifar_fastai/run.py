@@ -199,9 +199,11 @@ def _saved_run(run: Path, config: RunConfig | None) -> _Saved:
     saved, record = saved_config(run)
     config = saved if config is None else check_resume(saved, config)
     state = load_checkpoint(run) if (run / CHECKPOINT).exists() else None
-    if state and config.epochs < state['epoch']:
-        raise ConfigError(f"--epochs {config.epochs}: {run} has trained {state['epoch']} epochs already; "
-                          f"leave --epochs out to finish it, or give more")
+    partial = bool(state and state.get('partial'))  # inside the epoch after `state['epoch']`
+    if state and config.epochs < state['epoch'] + partial:
+        trained = f"is inside epoch {state['epoch'] + 1}" if partial else f"has trained {state['epoch']} epochs"
+        raise ConfigError(f"--epochs {config.epochs}: {run} {trained} already; leave --epochs out to finish it, "
+                          f"or give more")
     return _Saved(config, record, state, saved)
 
 
@@ -242,6 +244,7 @@ def _tidy(run: Path, rows: list, saved: _Saved):
 def _plan(epochs: int, done: int, partial: dict | None) -> str:
     "What a fit has left: '20 epochs' from the start, 'epochs 16 to 20 (16 from its batch 234)' inside a resumed one"
     if not done and not partial: return f"{epochs} epochs"
+    if done >= epochs: return f"no epochs (all {epochs} done)"  # a finished run resumed: its files are made again
     span = f"epoch {done + 1}" if done + 1 == epochs else f"epochs {done + 1} to {epochs}"
     return span + (f" ({done + 1} from its batch {partial['batch'] + 1})" if partial else '')
 

@@ -1,6 +1,7 @@
 "Runs that stop keep what they trained up to their last checkpoint and resume to the same weights and learning rates"
 import errno
 import os
+from dataclasses import replace
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from fastai.callback.core import Callback
 from cifar_fastai import io
 from cifar_fastai.callbacks import read_metrics
 from cifar_fastai.checkpoint import CHECKPOINT, load_checkpoint
-from cifar_fastai.errors import RunFileError
+from cifar_fastai.errors import ConfigError, RunFileError
 from cifar_fastai.run import RunConfig, train
 from tests.helpers import InterruptAfter, tiny_models
 from tests.test_data import write_folders
@@ -77,6 +78,9 @@ def test_a_run_stopped_inside_an_epoch_resumes_from_its_last_batch_as_if_never_s
         train(config(), tmp_path / 'cut', cbs=[AtBatch(epoch=2, batch=3, act=_interrupt)], **quiet)
     state = load_checkpoint(tmp_path / 'cut')
     assert state['epoch'] == 1 and state['partial']['batch'] == 3
+    shorter = r"^--epochs 1: .* is inside epoch 2 already; leave --epochs out" if schedule == 'plateau' else 'one cycle'
+    with pytest.raises(ConfigError, match=shorter):  # a plateau run would save half of epoch 2 as its model
+        train(replace(config(), epochs=1), tmp_path / 'cut', resume=True, **quiet)
     logged = []
     resumed = train(config(), tmp_path / 'cut', resume=True, log=logged.append)
     assert any('after epoch 1 of 3 and 3 batches of epoch 2' in line for line in logged)
@@ -197,7 +201,6 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch)
 
 
 def test_a_new_run_refuses_a_folder_that_holds_one(tmp_path):
-    from cifar_fastai.run import ConfigError
     (tmp_path / 'config.json').write_text('{}')
     with pytest.raises(ConfigError, match='already holds a run.*--resume'): train(_config(), tmp_path, **quiet)
 

@@ -12,7 +12,7 @@ from cifar_fastai.callbacks import format_row, read_metrics, time_left
 from cifar_fastai.data import read_cifar10
 from cifar_fastai.evaluate import predict
 from cifar_fastai.models import resnet18
-from cifar_fastai.run import RunConfig, train
+from cifar_fastai.run import RunConfig, _plan, train
 from tests.test_data import write_folders
 
 
@@ -152,6 +152,13 @@ def test_format_row_reads_like_the_progress_table():
                seconds=389.6)
     assert format_row(row, 5) == ('epoch 3/5: train loss 1.2346 accuracy 50.00% | test loss 0.9877 accuracy 70.54% | '
                                   'lr 0.00575 | 390 s')
+
+
+@pytest.mark.parametrize('epochs,done,partial,plan', [
+    (20, 0, None, '20 epochs'), (20, 15, None, 'epochs 16 to 20'),
+    (20, 19, {'batch': 9}, 'epoch 20 (20 from its batch 10)'), (20, 20, None, 'no epochs (all 20 done)')])
+def test_the_training_line_says_what_is_left(epochs, done, partial, plan):
+    assert _plan(epochs, done, partial) == plan
 
 
 @pytest.mark.parametrize('seconds,n_epoch,left', [
