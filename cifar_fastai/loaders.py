@@ -14,6 +14,7 @@ from fasttransform import Transform
 from torch.utils.data import get_worker_info
 
 from cifar_fastai.data import Cifar10, read_cifar10
+from cifar_fastai.errors import ConfigError
 from cifar_fastai.transforms import CIFAR10_MEAN, CIFAR10_STD, AlbumentationsTransform, cifar_augs
 
 __all__ = ['ArrayImage', 'ArrayLabel', 'AsyncCopy', 'ArrayDL', 'cifar_dls', 'default_workers', 'holdout_split',
@@ -115,7 +116,11 @@ def holdout_split(labels: np.ndarray, valid_pct: float, seed: int | None = None)
     rng, valid = np.random.default_rng(0 if seed is None else seed), []
     for c in np.unique(labels):
         members = np.flatnonzero(labels == c)
-        valid.append(rng.permutation(members)[:round(valid_pct * len(members))])
+        n_valid = round(valid_pct * len(members))
+        if valid_pct and not n_valid:
+            raise ConfigError(f"--valid-pct {valid_pct:g} holds out no image of class {c}, which has {len(members)}: "
+                              f"give at least {1 / len(members):.2g}, or 0 to validate on the test split")
+        valid.append(rng.permutation(members)[:n_valid])
     valid = np.sort(np.concatenate(valid)) if valid else np.zeros(0, np.int64)
     return np.setdiff1d(np.arange(len(labels)), valid), valid
 

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from cifar_fastai.errors import ConfigError
 from cifar_fastai.learner import cifar_learner
 from cifar_fastai.loaders import cifar_dls, holdout_split, ds_idx_of_test
 from tests.helpers import synthetic_cifar
@@ -26,6 +27,13 @@ def test_holdout_is_fixed_by_the_seed():
 @pytest.mark.parametrize('valid_pct', [-0.1, 1.0, 1.5])
 def test_holdout_share_out_of_range_is_named(valid_pct):
     with pytest.raises(ValueError, match='valid_pct'): holdout_split(np.arange(10), valid_pct)
+
+
+def test_a_share_too_small_to_hold_out_an_image_of_each_class_is_named_with_the_least_that_does():
+    labels = np.repeat(np.arange(10), 50)  # the sample's 50 images a class
+    least = r'^--valid-pct 0.01 holds out no image of class 0, which has 50: give at least 0.02'
+    with pytest.raises(ConfigError, match=least): holdout_split(labels, 0.01)
+    assert np.bincount(labels[holdout_split(labels, 0.02)[1]]).tolist() == [1] * 10
 
 
 def test_loaders_hold_train_valid_and_test_apart():
