@@ -204,14 +204,17 @@ def _alone():
 
 
 def _lr_find(args):
+    from cifar_fastai.config import CONFIG, ConfigError
+    from cifar_fastai.io import atomic_write, ensure_writable_dir
     from cifar_fastai.run import find_lr, run_dls, run_learner
-    from cifar_fastai.io import ensure_writable_dir
     out = ensure_writable_dir(args.out or _default_out())
+    if (out / CONFIG).exists():
+        raise ConfigError(f"{out} holds a training run, whose lr_find.png this would replace: choose another --out")
     config = _config(args).check()
     learn = run_learner(run_dls(config), config, out)
     with _bars(learn):
         found = find_lr(learn, out / 'lr_find.png', config.lr_suggestion, config.lr_find_iters, config.lr_mult)
-    (out / 'lr_find.json').write_text(json.dumps(found, indent=2))
+    with atomic_write(out / 'lr_find.json', 'w') as f: json.dump(found, f, indent=2)
     print(f"lr_find suggests {found[config.lr_suggestion]:.3g} ({config.lr_suggestion}); `train` would use "
           f"{config.lr_mult:g} x that = {found['lr']:.3g}; all: {found}; plot in {out / 'lr_find.png'}")
 

@@ -7,6 +7,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from cifar_fastai.callbacks import read_metrics
+from cifar_fastai.io import atomic_write
 from cifar_fastai.transforms import AlbumentationsTransform, cifar_augs
 
 __all__ = ['save_figure', 'blank_axes', 'plot_curves', 'train_augs', 'plot_augmentations']
@@ -14,7 +15,9 @@ __all__ = ['save_figure', 'blank_axes', 'plot_curves', 'train_augs', 'plot_augme
 
 def save_figure(fig: Figure, path=None, dpi: int = 120) -> Figure:
     "Write `fig` to the PNG `path` when one is given; return `fig` (it displays itself in Jupyter)"
-    if path is not None: fig.savefig(Path(path), dpi=dpi, bbox_inches='tight', facecolor='white')
+    if path is None: return fig
+    with atomic_write(path) as f:  # a stop while writing leaves the previous picture, not half of one
+        fig.savefig(f, format=Path(path).suffix[1:] or 'png', dpi=dpi, bbox_inches='tight', facecolor='white')
     return fig
 
 

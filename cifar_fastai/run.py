@@ -95,6 +95,7 @@ def find_lr(learn: Learner, plot_path: Path | None = None, suggestion: str = 'mi
 def _plot_lr_find(learn: Learner, found: dict, plot_path: Path):
     "fastai's plot of the range test, with a line for each suggestion and one for the rate used"
     import matplotlib.pyplot as plt
+    from cifar_fastai.plots import save_figure
     learn.recorder.plot_lr_find()  # fastai's plot (it returns no figure: take the current one)
     fig, ax = plt.gcf(), plt.gca()
     colors = ('tab:orange', 'tab:green', 'tab:red', 'tab:purple')
@@ -105,7 +106,7 @@ def _plot_lr_find(learn: Learner, found: dict, plot_path: Path):
                (f" ({found['mult']:g} x {found['suggestion']})" if found['mult'] != 1 else ''))
     ax.set_title(f'LR range test, SGD momentum {learn.opt.hypers[0]["mom"]:g}')
     ax.legend(loc='best')
-    fig.savefig(plot_path, dpi=120, bbox_inches='tight')
+    save_figure(fig, plot_path)
     plt.close(fig)
 
 

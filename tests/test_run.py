@@ -123,6 +123,17 @@ def test_bad_options_exit_2_with_one_line_before_loading_data(argv, message, mon
     assert not (tmp_path / 'runs').exists()
 
 
+def test_lr_find_into_a_run_folder_is_refused_before_reading_data(tmp_path, monkeypatch, capsys):
+    run = tmp_path / 'run'
+    run.mkdir()
+    (run / 'config.json').write_text('{}')
+    monkeypatch.setattr('cifar_fastai.loaders.read_cifar10', lambda *a, **k: pytest.fail('data was loaded'))
+    with pytest.raises(SystemExit) as e: cli.main(['lr-find', '--out', str(run)])
+    assert e.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        f"{run} holds a training run, whose lr_find.png this would replace: choose another --out")
+    assert sorted(p.name for p in run.iterdir()) == ['config.json']
+
+
 def test_without_progress_bars_a_run_logs_one_line_per_epoch_matching_metrics(tmp_path, capsys):
     lines = []
     learn = train(RunConfig(data='sample', epochs=2, bs=100, lr=0.02, interpret=False), tmp_path / 'run',

@@ -146,6 +146,19 @@ def test_export_is_written_atomically(run, monkeypatch):
     assert (run / 'export.pkl').read_bytes() == before and not list(run.glob('.*.tmp'))
 
 
+def test_a_picture_is_written_atomically(run, monkeypatch):
+    from matplotlib.figure import Figure
+    from cifar_fastai.plots import plot_curves
+    plot_curves(run, path=run / 'curves.png')
+    before = (run / 'curves.png').read_bytes()
+    def full_disk(self, f, **kwargs):
+        f.write(b'partial')
+        raise OSError(28, 'No space left on device')
+    monkeypatch.setattr(Figure, 'savefig', full_disk)
+    with pytest.raises(OSError): plot_curves(run, path=run / 'curves.png')
+    assert (run / 'curves.png').read_bytes() == before and not list(run.glob('.*.tmp'))
+
+
 def test_more_epochs_extend_a_plateau_run_as_if_it_had_been_asked_for_them(run, tmp_path):
     cli.main(['train', '--resume', str(run), '--epochs', '4'])
     longer = train(_config(epochs=4), tmp_path / 'longer', **quiet)
