@@ -28,6 +28,11 @@ def _in_fit(learn) -> bool:
     return not learn.lock.locked() and not hasattr(learn, 'gather_preds') and not hasattr(learn, 'lr_finder')
 
 
+def batches_done(learn) -> int:
+    "Training batches of the epoch in progress done so far, counting those a resume skipped (where `iter` restarts)"
+    return round((learn.pct_train * learn.n_epoch - learn.epoch) * learn.n_iter)
+
+
 def _is_scheduled(learn) -> bool:
     "Whether a fastai `ParamScheduler` (`fit_one_cycle`, `lr_find`) owns the learning rate in this fit"
     return any(isinstance(cb, ParamScheduler) for cb in learn.cbs)
@@ -116,9 +121,9 @@ class StopOnNonFinite(Callback):
         if not n_bad: return
         where = f" on {n_bad} of the {torch.distributed.get_world_size()} processes" if in_process_group() else ''
         value = 'non-finite' if finite else float(self.loss.detach())
-        raise NonFiniteLossError(
-            f"The training loss became {value}{where} at epoch {self.epoch + 1}, batch {self.iter + 1}: the learning "
-            f"rate ({self.opt.hypers[-1]['lr']:.3g}) is probably too high; try a lower --lr.")
+        at = f"epoch {self.epoch + 1}, batch {batches_done(self.learn) + 1}"  # `iter` restarts on a resume inside one
+        raise NonFiniteLossError(f"The training loss became {value}{where} at {at}: the learning rate "
+                                 f"({self.opt.hypers[-1]['lr']:.3g}) is probably too high; try a lower --lr.")
 
 
 class EpochRecord(Callback):

@@ -13,7 +13,7 @@ from fastai.callback.core import Callback, CancelEpochException
 from fastcore.basics import noop
 from fastcore.foundation import L
 
-from cifar_fastai.callbacks import _in_fit, write_metrics
+from cifar_fastai.callbacks import _in_fit, batches_done, write_metrics
 from cifar_fastai.collective import in_process_group, is_main, unwrap
 from cifar_fastai.errors import RunFileError
 from cifar_fastai.io import atomic_save, load_tensors
@@ -77,7 +77,7 @@ class Checkpoint(Callback):
 
     def after_batch(self):
         if not (self.training and _in_fit(self.learn)): return
-        done = round((self.pct_train * self.n_epoch - self.epoch) * self.n_iter)  # fastai's position, after a resume
+        done = batches_done(self.learn)
         inside = 0 < done < self.n_iter and not in_process_group()  # the processes' sums are each their own
         if inside and (self.stop_asked or self.every and time.time() - self.saved_at >= self.every):
             self._save(self.epoch_rng, partial={'batch': done, 'record': self.learn.epoch_record.partial_state()})
