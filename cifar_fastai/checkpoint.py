@@ -65,7 +65,7 @@ class Checkpoint(Callback):
         self.epoch_rng, self.saved_at, self.stop_asked = None, time.time(), False
 
     def ask_stop(self, signum=None, frame=None):
-        "Save and stop after the training batch in progress; at once if asked again or while not training"
+        "Save and stop after the training batch in progress (the epoch's last: after the epoch); at once if asked again"
         if self.stop_asked or not getattr(self.learn, 'training', False): raise KeyboardInterrupt
         self.stop_asked = True
 
@@ -82,13 +82,14 @@ class Checkpoint(Callback):
         if inside and (self.stop_asked or self.every and time.time() - self.saved_at >= self.every):
             self._save(self.epoch_rng, partial={'batch': done, 'record': self.learn.epoch_record.partial_state()})
             self.saved_at = time.time()
-        if self.stop_asked: raise KeyboardInterrupt
+        if self.stop_asked and done < self.n_iter: raise KeyboardInterrupt  # after the last: once the epoch is saved
 
     def after_epoch(self):
         rows = self.learn.epoch_record.rows
         if not rows or rows[-1]['epoch'] != self.epoch + 1: return  # an epoch skipped on resume: nothing new
         self._save(rng_state(self.learn))
         if self.metrics is not None and is_main(): write_metrics(self.metrics, rows)
+        if self.stop_asked: raise KeyboardInterrupt
 
     def _save(self, rng: dict, partial: dict | None = None):
         "Write the checkpoint: the complete epochs, and `partial`, the batches done of the next one, if any"

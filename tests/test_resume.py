@@ -112,6 +112,21 @@ def test_ctrl_c_while_training_saves_after_the_next_batch_and_loses_nothing(tmp_
 
 
 @pytest.mark.usefixtures('tiny')
+def test_ctrl_c_during_the_last_batch_of_an_epoch_stops_after_that_epoch_is_saved(tmp_path):
+    last = 500 // 64  # the sample's 500 training images in whole batches of 64
+    full = train(_config(save_every=0.), tmp_path / 'full', **quiet)
+    with pytest.raises(KeyboardInterrupt):  # asked during batch `last` - 1: the stop comes after batch `last`
+        signal_it = AtBatch(epoch=2, batch=last - 1, act=lambda: os.kill(os.getpid(), signal.SIGINT))
+        train(_config(save_every=0.), tmp_path / 'cut', cbs=[signal_it], **quiet)
+    state = load_checkpoint(tmp_path / 'cut')
+    assert state['epoch'] == 2 and state['partial'] is None  # epoch 2 whole, tested and recorded, not lost
+    assert [r['epoch'] for r in read_metrics(tmp_path / 'cut' / 'metrics.csv')] == [1, 2]
+    resumed = train(_config(save_every=0.), tmp_path / 'cut', resume=True, **quiet)
+    for (k, v), w in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.allclose(v.float(), w.float(), atol=1e-5), k
+
+
+@pytest.mark.usefixtures('tiny')
 def test_a_checkpoint_with_a_damaged_record_of_its_last_epoch_is_refused_by_name(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train(_config(save_every=1e-9), tmp_path, cbs=[AtBatch(epoch=1, batch=2, act=_interrupt)], **quiet)
