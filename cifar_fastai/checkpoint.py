@@ -65,7 +65,7 @@ class Checkpoint(Callback):
         self.epoch_rng, self.saved_at, self.stop_asked = None, time.time(), False
 
     def ask_stop(self, signum=None, frame=None):
-        "Save and stop after the training batch in progress (the epoch's last: after the epoch); at once if asked again"
+        "Save and stop after the training batch in progress (its epoch, if the last); at once if again or not training"
         if self.stop_asked or not getattr(self.learn, 'training', False): raise KeyboardInterrupt
         self.stop_asked = True
 
