@@ -17,6 +17,7 @@ from cifar_fastai.callbacks import _in_fit, batches_done, write_metrics
 from cifar_fastai.collective import in_process_group, is_main, unwrap
 from cifar_fastai.errors import RunFileError
 from cifar_fastai.io import atomic_save, load_tensors
+from cifar_fastai.precision import Autocast
 
 __all__ = ['CHECKPOINT', 'Checkpoint', 'stop_after_batch', 'SkipEpochs', 'SkipBatches', 'rng_state', 'set_rng_state',
            'load_checkpoint', 'load_weights', 'restore_checkpoint']
@@ -97,7 +98,8 @@ class Checkpoint(Callback):
         rows = self.learn.epoch_record.rows
         atomic_save({'epoch': len(rows), 'model': unwrap(self.model).state_dict(), 'opt': _plain(self.opt.state_dict()),
                      'plateau': _plain(self.learn.reduce_lr_on_plateau.state_dict()), 'rng': rng,
-                     'rows': _plain(rows), 'ema': _ema_state(self.learn), 'partial': partial}, self.path / CHECKPOINT)
+                     'rows': _plain(rows), 'ema': _ema_state(self.learn), 'scaler': _scaler_state(self.learn),
+                     'partial': partial}, self.path / CHECKPOINT)
 
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -114,6 +116,15 @@ def stop_after_batch(checkpoint: Checkpoint):
     try: yield
     finally:
         for s, handler in old.items(): signal.signal(s, handler)
+
+
+def _autocast(learn) -> Autocast | None: return next((cb for cb in learn.cbs if isinstance(cb, Autocast)), None)
+
+
+def _scaler_state(learn) -> dict | None:
+    "The fp16 loss scaler of `learn` (its `Autocast` callback's), or None when it has none"
+    autocast = _autocast(learn)
+    return autocast.scaler_state() if autocast is not None else None
 
 
 def _ema_state(learn) -> dict | None:
@@ -230,6 +241,7 @@ def restore_checkpoint(learn, state: dict, path: Path | None = None) -> int:
         _onto_params(learn.opt)
         learn.reduce_lr_on_plateau.load_state_dict(state['plateau'])
         if hasattr(learn, 'ema') and state.get('ema') is not None: learn.ema.load_state_dict(state['ema'])
+        if _autocast(learn) is not None and state.get('scaler'): _autocast(learn).resumed_scaler = state['scaler']
         set_rng_state(learn, state['rng'])
     except (KeyError, IndexError, ValueError, TypeError, RuntimeError) as e:
         first = (str(e).splitlines() or [''])[0]

@@ -47,11 +47,19 @@ class Autocast(Callback):
     "Forward pass and loss under `torch.autocast` on the model's device; loss, metrics in fp32; fp16 with a scaler"
     order = 10  # as fastai's `MixedPrecision`, which autocasts on CUDA only
 
-    def __init__(self, dtype: torch.dtype = torch.bfloat16): self.dtype, self.ctx = dtype, None
+    def __init__(self, dtype: torch.dtype = torch.bfloat16):
+        self.dtype, self.ctx = dtype, None
+        self.resumed_scaler = None  # the fp16 scaler's state in a checkpoint, for the next fit to go on from
 
     def before_fit(self):
         self.device_type = next(self.model.parameters()).device.type
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.dtype == torch.float16)
+        if self.resumed_scaler is not None: self.scaler.load_state_dict(self.resumed_scaler)
+        self.resumed_scaler = None
+
+    def scaler_state(self) -> dict | None:
+        "The fp16 loss scaler's scale and growth count, for a checkpoint; None without one"
+        return self.scaler.state_dict() if self.scaler.is_enabled() else None
 
     def before_batch(self):
         self.ctx = torch.autocast(self.device_type, dtype=self.dtype)
