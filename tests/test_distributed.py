@@ -34,7 +34,7 @@ class DrawnIndices(Callback):
         (self.folder / f'drawn-{rank}.json').write_text(json.dumps({**self.drawn, 'trained': self.trained}))
 
 
-class TestCounts(Callback):
+class CountTested(Callback):
     "Write how many test images this process counted in its last epoch, plain and flipped, to `folder`/tested-<rank>"
     order = 90
 
@@ -74,7 +74,7 @@ def _runs(rank: int, port: int, tmp: Path):
     (tmp / f'seen-{rank}.json').write_text(json.dumps({
         'path': str(learn.path), 'lr': learn.opt.hypers[-1]['lr'], 'broadcast': broadcast_value({'from': rank})}))
     held_out = RunConfig(data='sample', epochs=1, bs=50, lr=0.02, valid_pct=0.2, tta=True, interpret=False)
-    train(held_out, tmp / 'held', cbs=[TestCounts(tmp)], **quiet)
+    train(held_out, tmp / 'held', cbs=[CountTested(tmp)], **quiet)
     resumable = RunConfig(data='sample', epochs=2, bs=50, lr=0.02, interpret=False)
     with pytest.raises(KeyboardInterrupt): train(resumable, tmp / 'cut', cbs=[InterruptAfter(1)], **quiet)
     torch.distributed.barrier()  # rank 0 has written the checkpoint
