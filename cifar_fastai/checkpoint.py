@@ -63,14 +63,15 @@ class Checkpoint(Callback):
         # metrics: a csv of the rows to write after the checkpoint, so that it never holds an epoch the checkpoint lacks
         # every: seconds of training between saves inside an epoch (0: at the end of each epoch only); one process only
         self.path, self.metrics, self.every = Path(path), metrics, every
-        self.epoch_rng, self.saved_at, self.stop_asked = None, time.time(), False
+        self.epoch_rng, self.saved_at, self.stop_asked, self.fitting = None, time.time(), False, False
 
     def ask_stop(self, signum=None, frame=None):
-        "Save and stop after the training batch in progress (its epoch, if the last); at once if again or not training"
-        if self.stop_asked or not getattr(self.learn, 'training', False): raise KeyboardInterrupt
+        "Save and stop after the training batch in progress, or after the epoch in its last batch or test pass"
+        if self.stop_asked or not self.fitting: raise KeyboardInterrupt  # asked again, or outside a fit: at once
         self.stop_asked = True
 
-    def before_fit(self): self.stop_asked = False
+    def before_fit(self): self.stop_asked, self.fitting = False, True
+    def after_fit(self): self.fitting = False
 
     def before_epoch(self):
         self.epoch_rng = rng_state(self.learn)  # what the epoch's shuffle and augmentations start from: a resume
@@ -107,7 +108,7 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 @contextmanager
 def stop_after_batch(checkpoint: Checkpoint):
-    "Within: a Ctrl-C or SIGTERM has `checkpoint` save and stop after the batch in progress (a second: at once)"
+    "Within: a Ctrl-C or SIGTERM has `checkpoint` save and stop (`Checkpoint.ask_stop`); a second: at once"
     if in_process_group() or threading.current_thread() is not threading.main_thread():
         yield  # signals reach the main thread only; a data-parallel run stops at once, as its peers do
         return

@@ -161,7 +161,7 @@ def _config(args):
 def _default_out() -> Path: return Path('runs') / time.strftime('%Y%m%d-%H%M%S')
 
 
-def _sigterm(signum, frame): raise KeyboardInterrupt  # end like Ctrl-C (while training: after the batch)
+def _sigterm(signum, frame): raise KeyboardInterrupt  # end like Ctrl-C (while training: saved first)
 
 
 def _resumed_config(args, argv):

@@ -129,6 +129,22 @@ def test_ctrl_c_during_the_last_batch_of_an_epoch_stops_after_that_epoch_is_save
         assert torch.allclose(v.float(), w.float(), atol=1e-5), k
 
 
+class SignalWhileTesting(Callback):
+    "Send SIGINT while epoch `n` is being validated, as a Ctrl-C during the test pass"
+    def __init__(self, n): self.n = n
+    def after_validate(self):
+        if self.epoch + 1 == self.n: os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.usefixtures('tiny')
+def test_ctrl_c_during_the_test_pass_stops_after_that_epoch_is_saved(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(save_every=0.), tmp_path, cbs=[SignalWhileTesting(2)], **quiet)
+    state = load_checkpoint(tmp_path)
+    assert state['epoch'] == 2 and state['partial'] is None
+    assert [r['epoch'] for r in read_metrics(tmp_path / 'metrics.csv')] == [1, 2]
+
+
 @pytest.mark.usefixtures('tiny')
 def test_a_checkpoint_with_a_damaged_record_of_its_last_epoch_is_refused_by_name(tmp_path):
     with pytest.raises(KeyboardInterrupt):
