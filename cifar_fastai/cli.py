@@ -209,7 +209,8 @@ def _lr_find(args):
     from cifar_fastai.run import find_lr, run_dls, run_learner
     out = ensure_writable_dir(args.out or _default_out())
     if (out / CONFIG).exists():
-        raise ConfigError(f"{out} holds a training run, whose lr_find.png this would replace: choose another --out")
+        raise ConfigError(f"{out} holds a training run: lr-find would write its lr_find.png and lr_find.json there; "
+                          f"choose another --out")
     config = _config(args).check()
     learn = run_learner(run_dls(config), config, out)
     with _bars(learn):

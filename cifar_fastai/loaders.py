@@ -113,14 +113,14 @@ def holdout_split(labels: np.ndarray, valid_pct: float, seed: int | None = None)
     "Indices (train, valid) of `labels`, with `valid_pct` of each class held out at random, fixed by `seed`"
     if not 0 <= valid_pct < 1:
         raise ValueError(f"`valid_pct` (the share of training images held out) must be in [0, 1), got {valid_pct!r}")
+    classes, counts = np.unique(labels, return_counts=True)
+    if valid_pct and len(counts) and not round(valid_pct * counts.min()):  # the smallest class: the others hold out more
+        raise ConfigError(f"--valid-pct {valid_pct:g} holds out no image of class {classes[counts.argmin()]}, which has "
+                          f"{counts.min()}: give at least {1 / counts.min():.2g}, or 0 to validate on the test split")
     rng, valid = np.random.default_rng(0 if seed is None else seed), []
-    for c in np.unique(labels):
+    for c in classes:
         members = np.flatnonzero(labels == c)
-        n_valid = round(valid_pct * len(members))
-        if valid_pct and not n_valid:
-            raise ConfigError(f"--valid-pct {valid_pct:g} holds out no image of class {c}, which has {len(members)}: "
-                              f"give at least {1 / len(members):.2g}, or 0 to validate on the test split")
-        valid.append(rng.permutation(members)[:n_valid])
+        valid.append(rng.permutation(members)[:round(valid_pct * len(members))])
     valid = np.sort(np.concatenate(valid)) if valid else np.zeros(0, np.int64)
     return np.setdiff1d(np.arange(len(labels)), valid), valid
 

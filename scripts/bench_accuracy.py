@@ -43,7 +43,8 @@ def describe(run) -> str:
     if schedule == 'plateau': schedule += f" (patience {c['plateau_patience']}, threshold {c['plateau_threshold']:g})"
     augs = (f"pad {c['pad']} + crop, " if c['pad'] else '') + f"flip, cutout {c['cutout']} p {c['cutout_p']}"
     smoothing = f", label smoothing {c['label_smoothing']}" if c.get('label_smoothing') else ''
-    if c.get('ema'): smoothing += f", tested on an EMA of the weights (decay {c['ema']}, every {c.get('ema_every', 1)} steps)"
+    if c.get('ema'):
+        smoothing += f", tested on an EMA of the weights (decay {c['ema']}, every {c.get('ema_every', 1)} steps)"
     return (f"- `{Path(run).name}`: {schedule}, {lr}, bs {c['bs']}, {augs}{smoothing}, SGD momentum {c['momentum']}, "
             f"wd {c['wd']} ({c['wd_mode']}), precision {c['precision_used']}, seed {c['seed']}, "
             f"{c['n_train']} train / {c['n_test']} test images, {c.get('processor') or platform.processor()}; {leads(run)}")

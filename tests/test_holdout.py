@@ -29,11 +29,14 @@ def test_holdout_share_out_of_range_is_named(valid_pct):
     with pytest.raises(ValueError, match='valid_pct'): holdout_split(np.arange(10), valid_pct)
 
 
-def test_a_share_too_small_to_hold_out_an_image_of_each_class_is_named_with_the_least_that_does():
-    labels = np.repeat(np.arange(10), 50)  # the sample's 50 images a class
-    least = r'^--valid-pct 0.01 holds out no image of class 0, which has 50: give at least 0.02'
-    with pytest.raises(ConfigError, match=least): holdout_split(labels, 0.01)
-    assert np.bincount(labels[holdout_split(labels, 0.02)[1]]).tolist() == [1] * 10
+def test_a_share_too_small_to_hold_out_an_image_of_each_class_names_the_smallest_class_and_a_share_that_works():
+    labels = np.concatenate([np.repeat(np.arange(10), 50), np.full(50, 3)])  # class 3 has 100 images, the rest 50
+    with pytest.raises(ConfigError, match=r'^--valid-pct 0.01 holds out no image of class 0, which has 50: give at '
+                                          r'least 0.02'): holdout_split(labels, 0.01)
+    labels = np.concatenate([np.repeat(np.arange(10), 100)[100:], np.full(25, 0)])  # class 0: 25 images, the rest 100
+    with pytest.raises(ConfigError, match=r'holds out no image of class 0, which has 25: give at least 0.04'):
+        holdout_split(labels, 0.015)  # 1.5 of a class of 100, 0.4 of class 0
+    assert np.bincount(labels[holdout_split(labels, 0.04)[1]]).tolist() == [1] + [4] * 9
 
 
 def test_loaders_hold_train_valid_and_test_apart():

@@ -126,8 +126,8 @@ def test_report_gives_the_learning_rate_and_how_it_was_chosen(tmp_path, lr_confi
 def test_report_gives_each_epochs_flip_tta_accuracy_when_the_run_recorded_it(tmp_path):
     folder = small_run(tmp_path, dict(lr=0.05, found_lr=None, lr_used=0.05))
     write_metrics(folder / 'metrics.csv', [
-        dict(epoch=e, train_loss=1., train_accuracy=.5, test_loss=1., test_accuracy=.1 * e, test_tta_accuracy=.1 * e + .005,
-             lr=.01, seconds=2.) for e in (1, 2)])
+        dict(epoch=e, train_loss=1., train_accuracy=.5, test_loss=1., test_accuracy=.1 * e,
+             test_tta_accuracy=.1 * e + .005, lr=.01, seconds=2.) for e in (1, 2)])
     text = write_report(folder, Predictions(torch.eye(3)[[0, 1, 2]], torch.tensor([0, 1, 2]), ['a', 'b', 'c'])).read_text()
     assert '| test accuracy | with flip TTA | learning rate |' in text
     assert '| 2 | 1.0000 | 50.00 % | 1.0000 | 20.00 % | 20.50 % | 0.01 | 2.0 |' in text

@@ -127,10 +127,10 @@ def test_lr_find_into_a_run_folder_is_refused_before_reading_data(tmp_path, monk
     run = tmp_path / 'run'
     run.mkdir()
     (run / 'config.json').write_text('{}')
-    monkeypatch.setattr('cifar_fastai.loaders.read_cifar10', lambda *a, **k: pytest.fail('data was loaded'))
+    monkeypatch.setattr('cifar_fastai.run.read_cifar10', lambda *a, **k: pytest.fail('data was loaded'))
     with pytest.raises(SystemExit) as e: cli.main(['lr-find', '--out', str(run)])
     assert e.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1].endswith(
-        f"{run} holds a training run, whose lr_find.png this would replace: choose another --out")
+        f"{run} holds a training run: lr-find would write its lr_find.png and lr_find.json there; choose another --out")
     assert sorted(p.name for p in run.iterdir()) == ['config.json']
 
 
