@@ -106,7 +106,7 @@ class NonFiniteLossError(UserError, RuntimeError):
 
 
 class StopOnNonFinite(Callback):
-    "Stop with a clear message when the training loss is NaN or infinite (the last good checkpoint stays)"
+    "Stop a fit whose training loss is NaN or infinite, saying where (the last checkpoint stays); end a range test"
     order = -5
 
     def after_loss(self):

@@ -36,18 +36,18 @@ def _config(**kw):
 
 
 @pytest.mark.usefixtures('tiny')
-@pytest.mark.parametrize('schedule,ema', [('plateau', dict(ema=0.)), ('one-cycle', dict(ema=0.)),
-                                         ('plateau', dict(ema=0.9, ema_every=3)),
-                                         ('plateau', dict(ema=0., precision='fp16'))])
-def test_resume_gives_the_weights_and_lrs_of_an_uninterrupted_run(tmp_path, schedule, ema):
+@pytest.mark.parametrize('schedule,options', [('plateau', dict(ema=0.)), ('one-cycle', dict(ema=0.)),
+                                             ('plateau', dict(ema=0.9, ema_every=3)),
+                                             ('plateau', dict(ema=0., precision='fp16'))])
+def test_resume_gives_the_weights_and_lrs_of_an_uninterrupted_run(tmp_path, schedule, options):
     # ema_every 3 with 7 steps an epoch: the step count of the average must survive the stop too; fp16: the loss
     # scaler's count of steps since its scale last changed
-    full = train(_config(schedule=schedule, **ema), tmp_path / 'full', **quiet)
+    full = train(_config(schedule=schedule, **options), tmp_path / 'full', **quiet)
     with pytest.raises(KeyboardInterrupt):
-        train(_config(schedule=schedule, **ema), tmp_path / 'cut', cbs=[InterruptAfter(1)], **quiet)
+        train(_config(schedule=schedule, **options), tmp_path / 'cut', cbs=[InterruptAfter(1)], **quiet)
     assert load_checkpoint(tmp_path / 'cut')['epoch'] == 1
-    assert (load_checkpoint(tmp_path / 'cut')['ema'] is not None) == bool(ema['ema'])
-    resumed = train(_config(schedule=schedule, **ema), tmp_path / 'cut', resume=True, **quiet)
+    assert (load_checkpoint(tmp_path / 'cut')['ema'] is not None) == bool(options['ema'])
+    resumed = train(_config(schedule=schedule, **options), tmp_path / 'cut', resume=True, **quiet)
     a, b = read_metrics(tmp_path / 'full' / 'metrics.csv'), read_metrics(tmp_path / 'cut' / 'metrics.csv')
     assert [r['epoch'] for r in b] == [1, 2, 3]
     assert [r['lr'] for r in b] == pytest.approx([r['lr'] for r in a], rel=1e-6)
@@ -57,7 +57,7 @@ def test_resume_gives_the_weights_and_lrs_of_an_uninterrupted_run(tmp_path, sche
     assert resumed.reduce_lr_on_plateau.state_dict() == full.reduce_lr_on_plateau.state_dict()
     for (k, v), w in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.allclose(v.float(), w.float(), atol=1e-5), k
-    if 'precision' in ema: assert resumed.autocast.scaler.state_dict() == full.autocast.scaler.state_dict()
+    if 'precision' in options: assert resumed.autocast.scaler.state_dict() == full.autocast.scaler.state_dict()
 
 
 class AtBatch(Callback):

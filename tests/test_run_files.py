@@ -1,4 +1,5 @@
 "Damaged or changed run files are refused in one line, exit 1, the folder untouched; --resume changes only what it may"
+import contextlib
 import json
 import os
 import shutil
@@ -151,8 +152,8 @@ def test_a_picture_is_written_atomically(run, monkeypatch):
     from cifar_fastai.plots import plot_curves
     plot_curves(run, path=run / 'curves.png')
     before = (run / 'curves.png').read_bytes()
-    def full_disk(self, f, **kwargs):
-        f.write(b'partial')
+    def full_disk(self, f, **kwargs):  # half a picture, then a full disk; to a file or a path, as savefig takes
+        with open(f, 'wb') if isinstance(f, (str, os.PathLike)) else contextlib.nullcontext(f) as out: out.write(b'half')
         raise OSError(28, 'No space left on device')
     monkeypatch.setattr(Figure, 'savefig', full_disk)
     with pytest.raises(OSError): plot_curves(run, path=run / 'curves.png')
