@@ -17,7 +17,7 @@ from cifar_fastai.callbacks import _in_fit, batches_done, write_metrics
 from cifar_fastai.collective import in_process_group, is_main, unwrap
 from cifar_fastai.errors import RunFileError
 from cifar_fastai.io import atomic_save, load_tensors
-from cifar_fastai.precision import Autocast
+from cifar_fastai.precision import autocast_of
 
 __all__ = ['CHECKPOINT', 'Checkpoint', 'stop_after_batch', 'SkipEpochs', 'SkipBatches', 'rng_state', 'set_rng_state',
            'load_checkpoint', 'load_weights', 'restore_checkpoint']
@@ -119,12 +119,9 @@ def stop_after_batch(checkpoint: Checkpoint):
         for s, handler in old.items(): signal.signal(s, handler)
 
 
-def _autocast(learn) -> Autocast | None: return next((cb for cb in learn.cbs if isinstance(cb, Autocast)), None)
-
-
 def _scaler_state(learn) -> dict | None:
     "The fp16 loss scaler of `learn` (its `Autocast` callback's), or None when it has none"
-    autocast = _autocast(learn)
+    autocast = autocast_of(learn)
     return autocast.scaler_state() if autocast is not None else None
 
 
@@ -242,7 +239,8 @@ def restore_checkpoint(learn, state: dict, path: Path | None = None) -> int:
         _onto_params(learn.opt)
         learn.reduce_lr_on_plateau.load_state_dict(state['plateau'])
         if hasattr(learn, 'ema') and state.get('ema') is not None: learn.ema.load_state_dict(state['ema'])
-        if _autocast(learn) is not None and state.get('scaler'): _autocast(learn).resumed_scaler = state['scaler']
+        autocast = autocast_of(learn)
+        if autocast is not None and state.get('scaler'): autocast.resumed_scaler = state['scaler']
         set_rng_state(learn, state['rng'])
     except (KeyError, IndexError, ValueError, TypeError, RuntimeError) as e:
         first = (str(e).splitlines() or [''])[0]

@@ -4,7 +4,8 @@ from fastai.callback import channelslast
 from fastai.callback.core import Callback, CancelStepException
 from fastai.torch_core import to_float
 
-__all__ = ['PRECISIONS', 'resolve_precision', 'cpu_has_bf16', 'Autocast', 'AutocastModule', 'autocast_dtype',
+__all__ = ['PRECISIONS', 'resolve_precision', 'cpu_has_bf16', 'Autocast', 'AutocastModule', 'autocast_of',
+           'autocast_dtype',
            'ChannelsLast']
 
 PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
@@ -38,9 +39,15 @@ class AutocastModule(torch.nn.Module):
             return to_float(self.module(*args))
 
 
+def autocast_of(learn) -> 'Autocast | None':
+    "The `Autocast` callback of `learn`, None in fp32"
+    return next((cb for cb in learn.cbs if isinstance(cb, Autocast)), None)
+
+
 def autocast_dtype(learn) -> torch.dtype | None:
     "The dtype `learn` computes its forward passes in (its `Autocast` callback's), None in fp32"
-    return next((cb.dtype for cb in learn.cbs if isinstance(cb, Autocast)), None)
+    autocast = autocast_of(learn)
+    return None if autocast is None else autocast.dtype
 
 
 class Autocast(Callback):

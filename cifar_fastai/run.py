@@ -200,12 +200,12 @@ def _saved_run(run: Path, config: RunConfig | None) -> _Saved:
     saved, record = saved_config(run)
     config = saved if config is None else check_resume(saved, config)
     state = load_checkpoint(run) if (run / CHECKPOINT).exists() else None
-    partial = bool(state and state.get('partial'))  # inside the epoch after `state['epoch']`
-    if state and config.epochs < state['epoch'] + partial:
-        trained = f"is inside epoch {state['epoch'] + 1}" if partial else f"has trained {state['epoch']} epochs"
+    found = _Saved(config, record, state, saved)
+    if state and config.epochs < state['epoch'] + bool(found.partial):  # a partial epoch is the next one under way
+        trained = f"is inside epoch {state['epoch'] + 1}" if found.partial else f"has trained {state['epoch']} epochs"
         raise ConfigError(f"--epochs {config.epochs}: {run} {trained} already; leave --epochs out to finish it, "
                           f"or give more")
-    return _Saved(config, record, state, saved)
+    return found
 
 
 def _resume(learn: Learner, run: Path, saved: _Saved, log) -> tuple:

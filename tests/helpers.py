@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from fastai.callback.core import Callback
 from torch import nn
 
@@ -45,6 +46,16 @@ class InterruptAfter(Callback):
     def __init__(self, n): self.n = n
     def after_epoch(self):
         if self.epoch + 1 == self.n: raise KeyboardInterrupt
+
+
+class NanFrom(Callback):
+    "Make the training loss NaN from the `k`th batch this fit trains on, as a rate too high for the numbers does"
+    order = -10  # before `StopOnNonFinite` (-5) looks at the loss
+    def __init__(self, k: int): self.k, self.seen = k, 0
+    def after_loss(self):
+        if not self.training: return
+        self.seen += 1
+        if self.seen >= self.k: self.learn.loss = torch.tensor(float('nan'))
 
 
 def load_script(name: str):

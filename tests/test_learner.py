@@ -1,11 +1,10 @@
 "The Learner: SGD with momentum and L2 or decoupled weight decay, and an lr_find that puts everything back"
 import pytest
 import torch
-from fastai.callback.core import Callback
 
 from cifar_fastai.learner import cifar_learner
 from cifar_fastai.loaders import cifar_dls
-from tests.helpers import synthetic_cifar
+from tests.helpers import NanFrom, synthetic_cifar
 
 
 @pytest.fixture(scope='module')
@@ -31,20 +30,12 @@ def test_lr_find_restores_weights_and_optimizer_state_exactly(dls, tmp_path):
     assert list(tmp_path.rglob('*.pth')) == []  # the finder's temporary copy is gone
 
 
-class DivergeAt(Callback):
-    "Make the training loss NaN from the `n`th batch on, as a rate too high for the numbers does"
-    order = -10  # before `StopOnNonFinite` (-5) looks at the loss
-    def __init__(self, n: int): self.n = n
-    def after_loss(self):
-        if self.training and self.train_iter + 1 >= self.n: self.learn.loss = torch.tensor(float('nan'))
-
-
 def test_a_range_test_that_diverges_to_nan_ends_there_and_suggests_from_before(dls, tmp_path):
     # fastai's range test expects the loss to blow up at its end: the NaN is its signal to stop, not the run's error
     from cifar_fastai.run import find_lr
     learn = cifar_learner(dls, model=_small_model(), path=tmp_path, precision='fp32', channels_last=False)
     weights = {k: v.clone() for k, v in learn.model.state_dict().items()}
-    learn.add_cb(DivergeAt(25))
+    learn.add_cb(NanFrom(25))
     found = find_lr(learn, num_it=40)
     assert len(learn.recorder.losses) == 24 and all(torch.isfinite(torch.as_tensor(learn.recorder.losses)))
     assert 0 < found['minimum'] < learn.recorder.lrs[-1]

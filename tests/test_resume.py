@@ -16,7 +16,7 @@ from cifar_fastai.callbacks import read_metrics
 from cifar_fastai.checkpoint import CHECKPOINT, load_checkpoint
 from cifar_fastai.errors import ConfigError, RunFileError
 from cifar_fastai.run import RunConfig, train
-from tests.helpers import InterruptAfter, tiny_models
+from tests.helpers import InterruptAfter, NanFrom, tiny_models
 from tests.test_data import write_folders
 
 quiet = dict(log=lambda *a: None)
@@ -212,23 +212,13 @@ def test_a_non_finite_loss_stops_the_run_naming_epoch_and_batch(tmp_path):
     assert state['epoch'] == 1 and all(torch.isfinite(v).all() for v in state['model'].values() if v.is_floating_point())
 
 
-class NanOnBatch(Callback):
-    "Make the training loss NaN on the `k`th batch this fit trains"
-    order = -10  # before `StopOnNonFinite` (-5) looks at the loss
-    def __init__(self, k): self.k, self.seen = k, 0
-    def after_loss(self):
-        if not self.training: return
-        self.seen += 1
-        if self.seen == self.k: self.learn.loss = torch.tensor(float('nan'))
-
-
 @pytest.mark.usefixtures('tiny')
 def test_after_a_resume_inside_an_epoch_a_non_finite_loss_names_the_batch_of_the_epoch(tmp_path):
     from cifar_fastai.callbacks import NonFiniteLossError
     with pytest.raises(KeyboardInterrupt):
         train(_config(save_every=1e-9), tmp_path, cbs=[AtBatch(epoch=2, batch=3, act=_interrupt)], **quiet)
     with pytest.raises(NonFiniteLossError, match=r'at epoch 2, batch 5:'):  # the second batch after the 3 done
-        train(None, tmp_path, resume=True, cbs=[NanOnBatch(2)], **quiet)
+        train(None, tmp_path, resume=True, cbs=[NanFrom(2)], **quiet)
 
 
 class FillDiskAfter(Callback):
