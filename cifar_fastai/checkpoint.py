@@ -195,7 +195,17 @@ def load_checkpoint(run: Path) -> dict:
                            f"metrics; {_FIX}")
     if not _partial_ok(state.get('partial')):
         raise RunFileError(f"{path} holds a damaged record of the epoch it stopped in; {_FIX}")
+    if not _scaler_ok(state.get('scaler')): raise RunFileError(f"{path} holds a damaged fp16 loss scaler; {_FIX}")
     return state
+
+
+def _scaler_ok(scaler) -> bool:
+    "Whether `scaler` is None (no fp16) or a state that torch's `GradScaler` loads, with a positive scale"
+    if scaler is None: return True
+    if not (isinstance(scaler, dict) and all(isinstance(v, (int, float)) for v in scaler.values())): return False
+    try: torch.amp.GradScaler('cpu').load_state_dict(scaler)
+    except (KeyError, RuntimeError): return False  # a key missing; no keys at all
+    return scaler['scale'] > 0
 
 
 def _partial_ok(partial) -> bool:

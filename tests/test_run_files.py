@@ -82,7 +82,9 @@ def test_weights_of_another_model_say_which_tensors_do_not_fit(run, capsys):
 @pytest.mark.parametrize('spoil,words', [
     (lambda b: b[:len(b) // 2], 'damaged'), (lambda b: b'', 'damaged'), (lambda b: os.urandom(len(b)), 'damaged'),
     (lambda b: _saved({'epoch': 2, 'model': {}}), 'lacks opt, plateau, rng, rows'),
-    (lambda b: _saved({**_checkpoint_of(b), 'epoch': 5}), 'inconsistent')])
+    (lambda b: _saved({**_checkpoint_of(b), 'epoch': 5}), 'inconsistent'),
+    (lambda b: _saved({**_checkpoint_of(b), 'scaler': {'scale': 'big'}}), 'damaged fp16 loss scaler'),
+    (lambda b: _saved({**_checkpoint_of(b), 'scaler': {'scale': 1024.}}), 'damaged fp16 loss scaler')])
 def test_a_damaged_checkpoint_is_refused_in_one_line_and_the_folder_is_untouched(run, capsys, spoil, words):
     (run / 'checkpoint.pth').write_bytes(spoil((run / 'checkpoint.pth').read_bytes()))
     (run / 'model.pth').unlink()  # as if killed before the end: --resume needs the checkpoint
