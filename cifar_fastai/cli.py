@@ -144,8 +144,8 @@ def parser(typed_only: bool = False) -> argparse.ArgumentParser:
 
 
 def _map_options(p: argparse.ArgumentParser):
-    from cifar_fastai.gradcam import CAMS
-    p.add_argument('--cam', default='gradcam', choices=list(CAMS), help='method of the maps (default %(default)s)')
+    from cifar_fastai.gradcam import CAMS, DEFAULT_CAM
+    p.add_argument('--cam', default=DEFAULT_CAM, choices=list(CAMS), help='method of the maps (default %(default)s)')
     p.add_argument('--faithfulness-images', type=int, default=100,
                    help='test images to score every method\'s maps on, 0 for none (default %(default)s)')
     p.add_argument('--faithfulness-steps', type=int, default=8,

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-__all__ = ['ActivationGradientHook', 'GradCAM', 'GradCAMPlusPlus', 'LayerCAM', 'CAMS', 'cam_class', 'evaluating',
-           'class_targets', 'upscale', 'denormalize', 'overlay']
+__all__ = ['ActivationGradientHook', 'GradCAM', 'GradCAMPlusPlus', 'LayerCAM', 'CAMS', 'DEFAULT_CAM', 'cam_class',
+           'evaluating', 'class_targets', 'upscale', 'denormalize', 'overlay']
 
 _EPS = 1e-7  # the same guard against a flat map as pytorch-grad-cam's `scale_cam_image`
 _EPS_PLUSPLUS = 1e-6  # pytorch-grad-cam's guard in the denominator of Grad-CAM++'s coefficients
@@ -162,6 +162,10 @@ class GradCAMPlusPlus(GradCAM):
 
 
 CAMS = {'gradcam': GradCAM, 'layercam': LayerCAM, 'gradcam++': GradCAMPlusPlus}  # the methods by command-line name
+# the maps' method unless asked: on two models trained on full CIFAR-10, LayerCAM's maps were the most faithful at
+# layer1-layer3 and tied at layer4, where Grad-CAM's layer1 maps were no better than random ones
+# (docs/results/explanations/README.md)
+DEFAULT_CAM = 'layercam'
 
 
 def cam_class(name: str) -> type:

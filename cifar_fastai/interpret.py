@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 
 from cifar_fastai.evaluate import Predictions, class_accuracy, predict
 from cifar_fastai.faithfulness import stage_faithfulness
-from cifar_fastai.gradcam import CAMS, cam_class, overlay
+from cifar_fastai.gradcam import CAMS, DEFAULT_CAM, cam_class, overlay
 from cifar_fastai.loaders import ds_idx_of_test
 from cifar_fastai.plots import blank_axes, save_figure
 from cifar_fastai.precision import AutocastModule, autocast_dtype
@@ -60,7 +60,7 @@ def as_batch(dls, images: np.ndarray) -> TensorImage:
     return dls[ds_idx_of_test(dls)].after_batch(x)
 
 
-def gradcam_maps(model, x: torch.Tensor, targets, layers=STAGES, cam: str = 'gradcam') -> list:
+def gradcam_maps(model, x: torch.Tensor, targets, layers=STAGES, cam: str = DEFAULT_CAM) -> list:
     "One (B, H, W) map by method `cam` (a key of `CAMS`) per layer of `layers` for `x` and classes `targets`, on CPU"
     with cam_class(cam)(model, list(layers)) as c: return [m.cpu() for m in c(x, targets)]
 
@@ -128,7 +128,7 @@ def _class_maps(learn: Learner, p: Predictions, idxs: list, images, layers, cam:
 
 
 def plot_gradcam(learn: Learner, p: Predictions, idxs, layers=STAGES, path=None, alpha: float = 0.5,
-                 cam: str = 'gradcam') -> Figure:
+                 cam: str = DEFAULT_CAM) -> Figure:
     "A row per test image `idxs`: the image, then at each of `layers` the map by `cam` of its predicted and true class"
     idxs = _index_list(idxs)
     title = cam_class(cam).title

@@ -11,7 +11,7 @@ from fastprogress.fastprogress import progress_bar
 from cifar_fastai.callbacks import read_metrics
 from cifar_fastai.evaluate import Predictions, class_accuracy, predict
 from cifar_fastai.faithfulness import BLUR_KERNEL, BLUR_SIGMA, RANDOM
-from cifar_fastai.gradcam import cam_class
+from cifar_fastai.gradcam import DEFAULT_CAM, cam_class
 from cifar_fastai.io import atomic_write
 from cifar_fastai.interpret import (PredictionsInterpretation, measure_faithfulness, plot_class_accuracy,
                                     plot_confusion_matrix, plot_gradcam, plot_misclassified, plot_top_losses,
@@ -69,7 +69,7 @@ def _scored(learn: Learner, p: Predictions, run: Path, n: int, steps: int, seed:
     return [write_faithfulness(learn, p, run, n, steps, seed)] if n else []
 
 
-def gradcam_run(learn: Learner, run, k: int = 25, order: str = 'confident', seed: int = 0, cam: str = 'gradcam',
+def gradcam_run(learn: Learner, run, k: int = 25, order: str = 'confident', seed: int = 0, cam: str = DEFAULT_CAM,
                 faithfulness_images: int = 100, faithfulness_steps: int = 8) -> list[Path]:
     "Write `k` misclassified test images, their maps by `cam` and the maps' faithfulness into run folder `run`"
     run = Path(run)
@@ -83,7 +83,7 @@ def gradcam_run(learn: Learner, run, k: int = 25, order: str = 'confident', seed
     return paths + [_report(learn, run, p, _mistakes_text(len(idxs), order, seed), cam)]  # with the new maps
 
 
-def interpret_run(learn: Learner, run, k: int = 25, order: str = 'confident', seed: int = 0, cam: str = 'gradcam',
+def interpret_run(learn: Learner, run, k: int = 25, order: str = 'confident', seed: int = 0, cam: str = DEFAULT_CAM,
                   faithfulness_images: int = 100, faithfulness_steps: int = 8) -> list[Path]:
     "Write every picture, the maps' faithfulness and `report.md` into run folder `run`, predicting the test set once"
     run = Path(run)
@@ -266,7 +266,14 @@ def _faithfulness(run: Path) -> str:
     return file.read_text().strip()
 
 
-def write_report(run, p: Predictions, mistakes: str = 'misclassified test images', cam: str = 'gradcam',
+def _reports_method(run: Path, cam: str) -> str:
+    "Where to get the reference reports' Grad-CAM maps, when `cam` drew others"
+    if cam == 'gradcam': return ''
+    return (f' The reference reports drew Grad-CAM: `cifar-fastai gradcam {run} --cam gradcam` draws it here. Read each '
+            'stage against the faithfulness table below, where random maps give the baseline.')
+
+
+def write_report(run, p: Predictions, mistakes: str = 'misclassified test images', cam: str = DEFAULT_CAM,
                  tta: float | None = None) -> Path:
     "Write `report.md` in run folder `run` from its config.json, metrics.csv, pictures and test predictions `p`"
     run = Path(run)
@@ -284,8 +291,8 @@ def write_report(run, p: Predictions, mistakes: str = 'misclassified test images
         ('Misclassified test images', f'The grid shows {mistakes}, titled true/predicted (probability):\n\n'
                                       + _picture(run, 'misclassified', 'misclassified test images')),
         (title, f'The same images with {title} (`--cam {cam}`) at the end of each residual stage, for the predicted '
-                'class and, beside it, for the true class: why it said one, where it saw the other.\n\n'
-                + _picture(run, 'gradcam', f'{title} at layer1 to layer4')),
+                'class and, beside it, for the true class: why it said one, where it saw the other.'
+                + _reports_method(run, cam) + '\n\n' + _picture(run, 'gradcam', f'{title} at layer1 to layer4')),
         ('Faithfulness of the maps', _faithfulness(run)),
         ('Confusion matrix', _picture(run, 'confusion_matrix', 'confusion matrix')),
         ('Top losses', _picture(run, 'top_losses', 'test images with the largest loss')),

@@ -91,7 +91,7 @@ def test_misclassified_grid_titles_each_image_true_predicted_probability(sample_
 
 def test_gradcam_grid_has_the_image_then_the_predicted_and_true_class_maps_per_stage(sample_run, preds, tmp_path):
     learn, idxs = sample_run[0], top_mistakes(preds, 3)
-    fig = plot_gradcam(learn, preds, idxs, path=tmp_path / 'g.png', cam='layercam')
+    fig = plot_gradcam(learn, preds, idxs, path=tmp_path / 'g.png')  # LayerCAM unless asked
     check_png(fig, tmp_path / 'g.png')
     assert len(fig.axes) == 3 * (1 + 2 * len(STAGES))
     titles = ['image', 'layer1\npredicted', 'layer1\ntrue', 'layer2\npredicted', 'layer2\ntrue']

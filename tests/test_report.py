@@ -25,6 +25,7 @@ def reported(sample_run):
 def test_interpret_run_writes_every_picture_the_faithfulness_table_then_the_report(reported):
     _, run, paths, text = reported
     assert [p.name for p in paths] == [*PICTURES.values(), FAITHFULNESS, REPORT] and 'the 5 most confident' in text
+    assert '## LayerCAM' in text and f'cifar-fastai gradcam {run} --cam gradcam` draws it here' in text  # the default
     for p in paths[:-2]:
         with Image.open(p) as im: assert im.format == 'PNG' and min(im.size) > 100
 
