@@ -5,8 +5,7 @@ from fastai.callback.core import Callback, CancelStepException
 from fastai.torch_core import to_float
 
 __all__ = ['PRECISIONS', 'resolve_precision', 'cpu_has_bf16', 'Autocast', 'AutocastModule', 'autocast_of',
-           'autocast_dtype',
-           'ChannelsLast']
+           'autocast_dtype', 'ChannelsLast']
 
 PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
 DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
