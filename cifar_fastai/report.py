@@ -23,6 +23,12 @@ __all__ = ['REPORT', 'PICTURES', 'FAITHFULNESS', 'REFERENCE_FINAL', 'REFERENCE_E
            'accuracy_markdown', 'faithfulness_markdown', 'write_faithfulness', 'write_report']
 
 REPORT, FAITHFULNESS = 'report.md', 'faithfulness.md'
+
+# measured by scripts/lattice_phases.py on final-oc20-s0 (docs/results/explanations/README.md)
+_LATTICE = (' The dots on a lattice in the layer1 and layer2 maps come from the network, not from the image: the next '
+            "stage's 1x1 stride-2 shortcut reads one pixel in four and sends its gradient there, so about half of a "
+            "layer1 map falls on those pixels while the activations spread evenly. Read those maps for their shape.")
+
 PICTURES = dict(class_accuracy='class_accuracy.png', curves='curves.png', augmentations='augmentations.png',
                 misclassified='misclassified.png', gradcam='gradcam.png', confusion_matrix='confusion_matrix.png',
                 top_losses='top_losses.png')
@@ -267,10 +273,12 @@ def _faithfulness(run: Path) -> str:
 
 
 def _reports_method(run: Path, cam: str) -> str:
-    "Where to get the reference reports' Grad-CAM maps, when `cam` drew others"
+    "Where to get the reference reports' Grad-CAM maps, when `cam` drew others; what LayerCAM's dots are"
     if cam == 'gradcam': return ''
     return (f' The reference reports drew Grad-CAM: `cifar-fastai gradcam {run} --cam gradcam` draws it here. Read each '
-            'stage against the faithfulness table below, where random maps give the baseline.')
+            'stage against the faithfulness table below, where random maps give the baseline.'
+            + (_LATTICE if cam == 'layercam' else ''))
+
 
 
 def write_report(run, p: Predictions, mistakes: str = 'misclassified test images', cam: str = DEFAULT_CAM,

@@ -26,6 +26,7 @@ def test_interpret_run_writes_every_picture_the_faithfulness_table_then_the_repo
     _, run, paths, text = reported
     assert [p.name for p in paths] == [*PICTURES.values(), FAITHFULNESS, REPORT] and 'the 5 most confident' in text
     assert '## LayerCAM' in text and f'cifar-fastai gradcam {run} --cam gradcam` draws it here' in text  # the default
+    assert 'reads one pixel in four' in text  # what LayerCAM's lattice of dots is
     for p in paths[:-2]:
         with Image.open(p) as im: assert im.format == 'PNG' and min(im.size) > 100
 
