@@ -11,10 +11,11 @@ import numpy as np
 import torch
 from fastai.callback.core import Callback, CancelEpochException
 from fastcore.basics import noop
+from fastai.torch_core import rank_distrib
 from fastcore.foundation import L
 
 from cifar_fastai.callbacks import _in_fit, batches_done, write_metrics
-from cifar_fastai.collective import in_process_group, is_main, unwrap
+from cifar_fastai.collective import gather_values, in_process_group, is_main, unwrap
 from cifar_fastai.errors import RunFileError
 from cifar_fastai.io import atomic_save, load_tensors
 from cifar_fastai.precision import autocast_of
@@ -30,29 +31,46 @@ def _train_dl(learn):
     return getattr(learn.dls.train, 'dl', learn.dls.train)
 
 
-def _aug_generators(learn) -> list:
-    return [g for t in _train_dl(learn).after_item.fs if hasattr(t, 'generators') for g in t.generators()]
+def _aug_transforms(learn) -> list:
+    return [t for t in _train_dl(learn).after_item.fs if hasattr(t, 'generators')]
+
+
+def _aug_generators(learn) -> list: return [g for t in _aug_transforms(learn) for g in t.generators()]
+
+
+def _aug_states(learn) -> list:
+    return [g.getstate() if isinstance(g, random.Random) else g.bit_generator.state for g in _aug_generators(learn)]
+
+
+def _set_aug_states(learn, states: list):
+    for g, s in zip(_aug_generators(learn), states, strict=True):
+        if isinstance(g, random.Random): g.setstate(s)
+        else: g.bit_generator.state = s
 
 
 def rng_state(learn) -> dict:
     "Every random state the next epoch draws from: Python, numpy, torch, the shuffle, the augmentations"
+    # 'augs' are this process's; 'augs_by_rank' those of every process of a data-parallel run, which draw apart
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    gens = _aug_generators(learn)
+    augs = _aug_states(learn)
     return {'python': random.getstate(), 'numpy': (kind, torch.from_numpy(keys.copy()), pos, has_gauss, gauss),
-            'torch': torch.get_rng_state(), 'shuffle': _train_dl(learn).rng.getstate(),
-            'augs': [g.getstate() if isinstance(g, random.Random) else g.bit_generator.state for g in gens]}
+            'torch': torch.get_rng_state(), 'shuffle': _train_dl(learn).rng.getstate(), 'augs': augs,
+            'augs_by_rank': gather_values(augs)}
 
 
 def set_rng_state(learn, state: dict):
-    "Put back the random states saved by `rng_state`"
+    "Put back the random states saved by `rng_state`: the augmentations' of this process's rank when it has them"
     random.setstate(state['python'])
     kind, keys, pos, has_gauss, gauss = state['numpy']
     np.random.set_state((kind, keys.numpy(), pos, has_gauss, gauss))
     torch.set_rng_state(state['torch'])
     _train_dl(learn).rng.setstate(state['shuffle'])
-    for g, s in zip(_aug_generators(learn), state['augs'], strict=True):
-        if isinstance(g, random.Random): g.setstate(s)
-        else: g.bit_generator.state = s
+    rank, by_rank = rank_distrib(), state.get('augs_by_rank') or []
+    # a checkpoint from before 'augs_by_rank', or from fewer processes: rank 0's states, which `seed_by_rank` then
+    # replaces on the other ranks with their own fresh streams
+    own = rank < len(by_rank)
+    _set_aug_states(learn, by_rank[rank] if own else state['augs'])
+    for t in _aug_transforms(learn): t.rank = rank if own else 0
 
 
 class Checkpoint(Callback):

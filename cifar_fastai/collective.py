@@ -2,7 +2,8 @@
 import torch
 import torch.distributed as dist
 
-__all__ = ['in_process_group', 'is_main', 'unwrap', 'all_reduce_sum', 'broadcast_value', 'broadcast_tensors', 'on_main']
+__all__ = ['in_process_group', 'is_main', 'unwrap', 'all_reduce_sum', 'broadcast_value', 'broadcast_tensors', 'on_main',
+           'gather_values']
 
 
 def in_process_group() -> bool: return dist.is_available() and dist.is_initialized()
@@ -32,6 +33,14 @@ def broadcast_value(value, src: int = 0):
     box = [value]
     dist.broadcast_object_list(box, src=src)  # on the current CUDA device with nccl, on the CPU with gloo
     return box[0]
+
+
+def gather_values(value) -> list:
+    "Every process's `value` (any picklable object), in rank order, on every process; `[value]` outside a group"
+    if not in_process_group(): return [value]
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
 
 
 def broadcast_tensors(tensors: list, src: int = 0):

@@ -133,11 +133,11 @@ def data_parallel(learn: Learner, sync_bn: bool = False):
 
 
 def seed_by_rank(dls, rank: int | None = None):
-    "Give the augmentations of process `rank` > 0 their own seed: draws shared by all would repeat flips and holes"
+    "Give the augmentations of process `rank` their own seed: draws shared by all would repeat flips and holes"
+    # streams already this rank's (its own, put back from a checkpoint on `--resume`) are left to go on
     rank = rank_distrib() if rank is None else rank
     for t in dls.train.after_item.fs:
-        # `set_seed(s)` seeds the train pipeline with s and the test one with s + 1: rank r takes seed + 2r
-        if rank and isinstance(t, AlbumentationsTransform) and t.seed is not None: t.set_seed(t.seed + 2 * rank)
+        if isinstance(t, AlbumentationsTransform) and t.seed is not None and t.rank != rank: t.set_seed(t.seed, rank)
 
 
 def revert_sync_batchnorm(module: nn.Module) -> nn.Module:

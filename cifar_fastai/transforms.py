@@ -65,12 +65,15 @@ class AlbumentationsTransform(Transform):
         super().__init__()
         store_attr('seed')
         self.train_aug, self.valid_aug = _as_compose(train_aug), _as_compose(valid_aug)
+        self.rank = 0  # the data-parallel process whose streams the generators hold
         if seed is not None: self.set_seed(seed)
 
-    def set_seed(self, seed: int):
-        "Make the augmentations repeatable: the same `seed` gives the same augmented items"
+    def set_seed(self, seed: int, rank: int = 0):
+        "Make the augmentations repeatable: the same `seed` gives the same augmented items; each `rank` its own"
+        # the train pipeline takes seed + 2 rank, the test one seed + 2 rank + 1: no two streams are the same
         for i, aug in enumerate((self.train_aug, self.valid_aug)):
-            if aug is not None: _seed_each(aug, seed + i)
+            if aug is not None: _seed_each(aug, seed + 2 * rank + i)
+        self.rank = rank
 
     def generators(self) -> list:
         "Every random generator of the pipelines, for saving and restoring their states"

@@ -34,6 +34,21 @@ class DrawnIndices(Callback):
         (self.folder / f'drawn-{rank}.json').write_text(json.dumps({**self.drawn, 'trained': self.trained}))
 
 
+class DrawnBatches(Callback):
+    "Write a fingerprint (the sum) of each augmented training batch per epoch to `folder`/batches-`run`-<rank>.json"
+    order = 90
+
+    def __init__(self, folder: Path, run: str): self.folder, self.run = Path(folder), run
+    def before_fit(self): self.sums = {}
+
+    def after_batch(self):
+        if self.training: self.sums.setdefault(self.epoch, []).append(self.xb[0].double().sum().item())
+
+    def after_fit(self):
+        path = self.folder / f'batches-{self.run}-{torch.distributed.get_rank()}.json'
+        path.write_text(json.dumps(self.sums))
+
+
 class CountTested(Callback):
     "Write how many test images this process counted in its last epoch, plain and flipped, to `folder`/tested-<rank>"
     order = 90
@@ -61,7 +76,7 @@ def _worker(rank: int, port: int, tmp: Path):
 
 
 def _runs(rank: int, port: int, tmp: Path):
-    "A found-lr run, an interrupted and resumed one, a refused folder, a NaN and an error on process 1"
+    "A found-lr run, a whole one and its twin interrupted and resumed, a refused folder, a NaN and an error on process 1"
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_WORLD_SIZE=str(WORLD),
                       MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     from cifar_fastai.callbacks import NonFiniteLossError
@@ -76,9 +91,11 @@ def _runs(rank: int, port: int, tmp: Path):
     held_out = RunConfig(data='sample', epochs=1, bs=50, lr=0.02, valid_pct=0.2, tta=True, interpret=False)
     train(held_out, tmp / 'held', cbs=[CountTested(tmp)], **quiet)
     resumable = RunConfig(data='sample', epochs=2, bs=50, lr=0.02, interpret=False)
+    train(resumable, tmp / 'whole', cbs=[DrawnBatches(tmp, 'whole')], **quiet)
     with pytest.raises(KeyboardInterrupt): train(resumable, tmp / 'cut', cbs=[InterruptAfter(1)], **quiet)
     torch.distributed.barrier()  # rank 0 has written the checkpoint
-    _save(train(resumable, tmp / 'cut', resume=True, **quiet), tmp / f'resumed-{rank}.pth')
+    resumed = train(resumable, tmp / 'cut', resume=True, cbs=[DrawnBatches(tmp, 'resumed')], **quiet)
+    _save(resumed, tmp / f'resumed-{rank}.pth')
     with pytest.raises(ConfigError) as refused: train(resumable, tmp / 'cut', **quiet)  # rank 0's folder holds a run
     (tmp / f'refused-{rank}.txt').write_text(str(refused.value))
     with pytest.raises(NonFiniteLossError) as nan: train(resumable, tmp / 'nan', cbs=[FailOnRank1(float('nan'))], **quiet)
@@ -141,7 +158,7 @@ def test_weights_are_identical_on_every_process(launch):
 
 
 def test_only_rank0_writes_one_run_folder(launch):
-    assert sorted(p.name for p in launch.iterdir() if p.is_dir()) == ['bug', 'cut', 'held', 'nan', 'run']
+    assert sorted(p.name for p in launch.iterdir() if p.is_dir()) == ['bug', 'cut', 'held', 'nan', 'run', 'whole']
     assert {'config.json', 'metrics.csv', 'checkpoint.pth', 'model.pth', 'export.pkl', 'lr_find.png'} <= {
         p.name for p in (launch / 'run').iterdir()}
     assert [_read(launch / f'seen-{r}.json')['path'] for r in range(WORLD)] == [str(launch / 'run')] * WORLD
@@ -166,6 +183,12 @@ def test_resume_continues_on_every_process_from_rank0s_checkpoint(launch):
     for k in ws[0]: assert torch.equal(ws[0][k], ws[1][k]), k
     final = torch.load(launch / 'cut' / 'model.pth')
     for k in ws[0]: assert torch.equal(ws[0][k], final[k]), k
+
+
+def test_after_resume_each_process_draws_the_augmentations_it_would_have_drawn(launch):
+    whole, resumed = ([_read(launch / f'batches-{name}-{r}.json') for r in range(WORLD)] for name in ('whole', 'resumed'))
+    assert [list(r) for r in resumed] == [['1']] * WORLD  # the second epoch alone
+    assert [r['1'] for r in resumed] == [w['1'] for w in whole]  # as the run that was not stopped drew them
 
 
 def test_rank0_refusing_the_folder_stops_every_process_with_its_message(launch):
