@@ -275,8 +275,8 @@ def _faithfulness(run: Path) -> str:
 def _reports_method(run: Path, cam: str) -> str:
     "Where to get the reference reports' Grad-CAM maps, when `cam` drew others; what LayerCAM's dots are"
     if cam == 'gradcam': return ''
-    return (f' The reference reports drew Grad-CAM: `cifar-fastai gradcam {run} --cam gradcam` draws it here. Read each '
-            'stage against the faithfulness table below, where random maps give the baseline.'
+    return (f' The reference reports drew Grad-CAM: `cifar-fastai gradcam {run} --cam gradcam` draws it here. '
+            'Read each stage against the faithfulness table below, where random maps give the baseline.'
             + (_LATTICE if cam == 'layercam' else ''))
 
 
