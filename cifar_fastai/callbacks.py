@@ -13,7 +13,7 @@ from cifar_fastai.errors import UserError
 from cifar_fastai.io import atomic_write
 from cifar_fastai.precision import autocast_dtype
 
-__all__ = ['ReduceLROnPlateau', 'EpochRecord', 'TestPass', 'NonFiniteLossError', 'StopOnNonFinite', 'METRIC_COLUMNS',
+__all__ = ['ReduceLROnPlateau', 'plateau_replay', 'EpochRecord', 'TestPass', 'NonFiniteLossError', 'StopOnNonFinite', 'METRIC_COLUMNS',
            'format_row', 'time_left']
 
 # valid_*: the part of train held out by `valid_pct`, present only when there is one (else the test split validates)
@@ -99,6 +99,17 @@ class ReduceLROnPlateau(Callback):
     def load_state_dict(self, state: dict):
         for k in ('best', 'num_bad_epochs', 'cooldown_counter', 'last_epoch'): setattr(self, k, state[k])
         self.bottomed_out = state.get('bottomed_out', False)  # checkpoints written before issue 17 have none
+
+
+def plateau_replay(values, lr: float, **settings) -> tuple[list[int], int]:
+    "Epochs (from 1) after which `ReduceLROnPlateau(**settings)` seeing `values` lowered `lr`; its longest wait"
+    # the longest wait: the most epochs in a row without a new best that did not end in a cut
+    plateau, cuts, longest = ReduceLROnPlateau(**settings), [], 0
+    for epoch, value in enumerate(values, 1):
+        new = plateau.step(float(value), [lr])[0]
+        if new < lr: cuts, lr = cuts + [epoch], new
+        else: longest = max(longest, plateau.num_bad_epochs)
+    return cuts, longest
 
 
 class NonFiniteLossError(UserError, RuntimeError):

@@ -8,7 +8,7 @@ from fastai.callback.progress import ProgressCallback
 from fastai.learner import Learner
 from fastprogress.fastprogress import progress_bar
 
-from cifar_fastai.callbacks import read_metrics
+from cifar_fastai.callbacks import plateau_replay, read_metrics
 from cifar_fastai.evaluate import Predictions, class_accuracy, predict
 from cifar_fastai.faithfulness import BLUR_KERNEL, BLUR_SIGMA, RANDOM
 from cifar_fastai.gradcam import DEFAULT_CAM, cam_class
@@ -179,8 +179,9 @@ def _epochs(rows: list) -> str:
                     f"{r['seconds']:.1f}") for r in rows])
 
 
-def _learning_rate(config: dict, run: Path) -> str:
-    if config.get('lr') != 'find': return f"Fixed learning rate {config.get('lr')} (`--lr`): no range test was run."
+def _learning_rate(config: dict, run: Path, rows: list) -> str:
+    if config.get('lr') != 'find':
+        return f"Fixed learning rate {config.get('lr')} (`--lr`): no range test was run." + _plateau_acts(config, rows)
     found = config.get('lr_suggestions') or {}
     others = ', '.join(f"{k} {v:.3g}" if v is not None else f"{k} found nothing"
                        for k, v in found.items() if k not in ('lr', 'suggestion', 'mult', 'num_it'))
@@ -190,14 +191,55 @@ def _learning_rate(config: dict, run: Path) -> str:
             f"(rule: {found.get('suggestion', 'valley')}; all rules: {others or 'not recorded'}); "
             f"training used {config.get('lr_used'):.3g}" + (f" ({config['lr_mult']:g} x the suggestion, `--lr-mult`)."
                                                               if config.get('lr_mult', 1) != 1 else '.'))
-    return text + (f'\n\n![LR range test]({LR_PLOT})' if (run / LR_PLOT).is_file() else '')
+    plot = f'\n\n![LR range test]({LR_PLOT})' if (run / LR_PLOT).is_file() else ''
+    return text + _plateau_acts(config, rows) + plot
+
+
+def _monitored(config: dict) -> str:
+    "The split whose loss the plateau watched: the held-out share of train ('valid'), or the test split"
+    return 'valid' if config.get('valid_pct') else 'test'
+
+
+_PLATEAU = ('factor', 'patience', 'threshold', 'cooldown')
+
+
+def _epochs_n(n: int) -> str: return f"{n} epoch{'s' * (n != 1)}"
+
+
+def _plateau_acts(config: dict, rows: list) -> str:
+    "When ReduceLROnPlateau cut the rate, replayed from the monitored losses, or how near it came to; '' if no plateau"
+    if config.get('schedule', 'plateau') != 'plateau' or any(f'plateau_{k}' not in config for k in _PLATEAU): return ''
+    split, settings = _monitored(config), {k: config[f'plateau_{k}'] for k in _PLATEAU}
+    cuts, longest = plateau_replay([r[f'{split}_loss'] for r in rows], config.get('lr_used') or 1.,
+                                   min_lr=config.get('plateau_min_lr_used') or 0., **settings)
+    cuts = [e for e in cuts if e < config.get('epochs', math.inf)]  # a cut after the last epoch changed nothing
+    average = " (the weight average's)" if config.get('ema') else ''
+    loss = f"the {'held-out' if split == 'valid' else 'test'} loss{average}"
+    said = ' ReduceLROnPlateau ' + _plateau_sentence(cuts, longest, loss, settings)
+    if config.get('anneal') and rows[-1]['epoch'] == config.get('epochs'):  # not in a run that stopped early
+        said += (f" The final decay (`--anneal {config['anneal']:g}`) took the rate down to 0 over the last "
+                 f"{config['anneal']:.0%} of the steps.")
+    return said
+
+
+def _plateau_sentence(cuts: list, longest: int, loss: str, settings: dict) -> str:
+    "What the plateau did: cut after the epochs `cuts`, or waited `longest` epochs at most for `loss` to fall"
+    low, patience = f"a new low (by more than {settings['threshold']:.2%} of itself)", settings['patience']
+    if cuts:
+        when = 'each time' if len(cuts) > 1 else 'when'
+        return (f"multiplied the rate by {settings['factor']:g} after epoch{'s' * (len(cuts) > 1)} "
+                f"{', '.join(map(str, cuts))}, {when} {loss} had not set {low} for more than {_epochs_n(patience)}.")
+    if not longest: return f"never cut the rate: {loss} set {low} every epoch."
+    return (f"never cut the rate: {loss} went at most {_epochs_n(longest)} without {low}, and a cut waits for more "
+            f"than {patience}.")
 
 
 def _configuration(config: dict) -> str:
     def g(key): return config.get(key, 'n/a')
     lr = f"{g('lr')} (found {config['found_lr']:.3g})" if config.get('found_lr') else g('lr')
     used = {'min_lr': config.get('plateau_min_lr_used', g('plateau_min_lr'))}  # None asks for a floor from the rate
-    plateau = ('ReduceLROnPlateau on test loss: ' + ', '.join(f"{k} {used.get(k, g('plateau_' + k))}" for k in
+    watched = 'held-out' if _monitored(config) == 'valid' else 'test'
+    plateau = (f'ReduceLROnPlateau on {watched} loss: ' + ', '.join(f"{k} {used.get(k, g('plateau_' + k))}" for k in
                ('factor', 'patience', 'threshold', 'cooldown', 'min_lr')))
     plateau = plateau if g('schedule') == 'plateau' else g('schedule')
     crop = f"pad {g('pad')} (reflect) + random 32x32 crop" if config.get('pad') else 'no crop'
@@ -292,7 +334,7 @@ def write_report(run, p: Predictions, mistakes: str = 'misclassified test images
         ('Against the reference reports', _reference(rows)),
         ('Accuracy per class', accuracy_markdown(p) + '\n\n' + _picture(run, 'class_accuracy', 'accuracy per class')),
         ('Training curves', _picture(run, 'curves', 'training curves') + '\n\n' + _epochs(rows)),
-        ('Learning rate', _learning_rate(config, run)),
+        ('Learning rate', _learning_rate(config, run, rows)),
         ('Configuration', _configuration(config)),
         ('Augmentation', 'One training image per class and five augmented versions of it:\n\n'
                          + _picture(run, 'augmentations', 'augmented training images')),

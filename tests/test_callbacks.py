@@ -6,7 +6,7 @@ import pytest
 import torch
 from fastai.callback.core import Callback
 
-from cifar_fastai.callbacks import EpochRecord, ReduceLROnPlateau
+from cifar_fastai.callbacks import EpochRecord, ReduceLROnPlateau, plateau_replay
 from cifar_fastai.learner import cifar_learner
 from cifar_fastai.loaders import cifar_dls
 from tests.helpers import synthetic_cifar
@@ -51,6 +51,19 @@ def _our_lrs(values, lr0, **kw):
 def test_plateau_sets_the_same_rates_as_torch(name, settings):
     values = SEQUENCES[name]
     assert _our_lrs(values, 0.1, **settings) == pytest.approx(_torch_lrs(values, 0.1, **settings), rel=1e-12)
+
+
+@pytest.mark.parametrize('settings', SETTINGS, ids=lambda s: ','.join(f'{k}={v}' for k, v in s.items()) or 'defaults')
+@pytest.mark.parametrize('name', list(SEQUENCES))
+def test_replaying_a_run_finds_the_epochs_where_torch_lowered_the_rate(name, settings):
+    lrs = [0.1] + _torch_lrs(SEQUENCES[name], 0.1, **settings)
+    assert plateau_replay(SEQUENCES[name], 0.1, **settings)[0] == [e for e in range(1, len(lrs)) if lrs[e] < lrs[e - 1]]
+
+
+def test_replay_gives_the_longest_wait_without_a_new_best():
+    # new bests at epochs 1, 2, 5; epochs 3-4 and 6-8 wait: 3 is the longest, short of patience 3's cut
+    assert plateau_replay([1.0, 0.9, 0.95, 0.96, 0.8, 0.85, 0.81, 0.9], 0.1, patience=3) == ([], 3)
+    assert plateau_replay([1.0, 0.9, 0.95, 0.96, 0.8, 0.85, 0.81, 0.9], 0.1, patience=2) == ([8], 2)
 
 
 def test_the_sequences_exercise_reductions():

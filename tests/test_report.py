@@ -156,3 +156,30 @@ def test_configuration_table_gives_the_plateau_floor_the_run_used():
     table = _configuration(dict(schedule='plateau', plateau_factor=0.1, plateau_min_lr=None, plateau_min_lr_used=5e-6))
     assert ('ReduceLROnPlateau on test loss: factor 0.1, patience n/a, threshold n/a, cooldown n/a, min_lr 5e-06'
             in table)
+
+
+PLATEAU = dict(schedule='plateau', epochs=6, plateau_factor=0.1, plateau_patience=1, plateau_threshold=1e-4,
+               plateau_cooldown=0, plateau_min_lr_used=1e-6, lr_used=0.01, ema=0.998)
+
+
+@pytest.mark.parametrize('losses, config, said', [
+    # new lows at epochs 1, 2, 5: epochs 3 and 4 wait, more than patience 1, so the rate is cut after epoch 4
+    ([1.0, 0.9, 0.95, 0.96, 0.8, 0.85], {}, "multiplied the rate by 0.1 after epoch 4, when the test loss (the weight "
+                                           "average's) had not set a new low (by more than 0.01% of itself) for more "
+                                           "than 1 epoch."),
+    ([1.0, 0.9, 0.95, 0.8, 0.85, 0.7], dict(valid_pct=0.1, ema=0.), "never cut the rate: the held-out loss went at "
+                                                                    "most 1 epoch without a new low"),
+    ([1.0, 0.9, 0.8, 0.7, 0.6, 0.5], dict(anneal=0.2), "set a new low (by more than 0.01% of itself) every epoch. "
+                                                       "The final decay (`--anneal 0.2`) took the rate down to 0"),
+    # a cut due after the last epoch changes no epoch's rate
+    ([1.0, 0.9, 0.8, 0.7, 0.75, 0.76], {}, "never cut the rate")])
+def test_report_says_when_the_plateau_cut_the_rate(losses, config, said):
+    from cifar_fastai.report import _plateau_acts
+    split = 'valid' if config.get('valid_pct') else 'test'
+    rows = [{'epoch': e, f'{split}_loss': loss} for e, loss in enumerate(losses, 1)]
+    assert said in _plateau_acts({**PLATEAU, **config}, rows)
+
+
+def test_report_of_a_one_cycle_run_says_nothing_of_a_plateau():
+    from cifar_fastai.report import _plateau_acts
+    assert _plateau_acts({**PLATEAU, 'schedule': 'one-cycle'}, [{'epoch': 1, 'test_loss': 1.}]) == ''
