@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from fastai.callback.core import Callback, CancelEpochException
-from fastcore.basics import noop
 from fastai.torch_core import rank_distrib
+from fastcore.basics import noop
 from fastcore.foundation import L
 
 from cifar_fastai.callbacks import _in_fit, batches_done, write_metrics
@@ -20,8 +20,8 @@ from cifar_fastai.errors import RunFileError
 from cifar_fastai.io import atomic_save, load_tensors
 from cifar_fastai.precision import autocast_of
 
-__all__ = ['CHECKPOINT', 'Checkpoint', 'stop_after_batch', 'SkipEpochs', 'SkipBatches', 'rng_state', 'set_rng_state',
-           'load_checkpoint', 'load_weights', 'restore_checkpoint']
+__all__ = ['CHECKPOINT', 'Checkpoint', 'stop_after_batch', 'SkipEpochs', 'SkipBatches', 'rng_state', 'every_rank',
+           'set_rng_state', 'load_checkpoint', 'load_weights', 'restore_checkpoint']
 
 CHECKPOINT = 'checkpoint.pth'
 
@@ -49,13 +49,16 @@ def _set_aug_states(learn, states: list):
 
 
 def rng_state(learn) -> dict:
-    "Every random state the next epoch draws from: Python, numpy, torch, the shuffle, the augmentations"
-    # 'augs' are this process's; 'augs_by_rank' those of every process of a data-parallel run, which draw apart
+    "Every random state the next epoch draws from: Python, numpy, torch, the shuffle, this process's augmentations"
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    augs = _aug_states(learn)
     return {'python': random.getstate(), 'numpy': (kind, torch.from_numpy(keys.copy()), pos, has_gauss, gauss),
-            'torch': torch.get_rng_state(), 'shuffle': _train_dl(learn).rng.getstate(), 'augs': augs,
-            'augs_by_rank': gather_values(augs)}
+            'torch': torch.get_rng_state(), 'shuffle': _train_dl(learn).rng.getstate(), 'augs': _aug_states(learn)}
+
+
+def every_rank(rng: dict) -> dict:
+    "`rng` (of `rng_state`) with the augmentation states of every process of a data-parallel run, which draw apart"
+    # a collective: every process calls it, at the end of an epoch
+    return {**rng, 'augs_by_rank': gather_values(rng['augs'])}
 
 
 def set_rng_state(learn, state: dict):
@@ -107,7 +110,7 @@ class Checkpoint(Callback):
     def after_epoch(self):
         rows = self.learn.epoch_record.rows
         if not rows or rows[-1]['epoch'] != self.epoch + 1: return  # an epoch skipped on resume: nothing new
-        self._save(rng_state(self.learn))
+        self._save(every_rank(rng_state(self.learn)))  # inside an epoch only one process saves: no ranks to gather
         if self.metrics is not None and is_main(): write_metrics(self.metrics, rows)
         if self.stop_asked: raise KeyboardInterrupt
 
