@@ -13,8 +13,8 @@ from cifar_fastai.errors import UserError
 from cifar_fastai.io import atomic_write
 from cifar_fastai.precision import autocast_dtype
 
-__all__ = ['ReduceLROnPlateau', 'plateau_replay', 'EpochRecord', 'TestPass', 'NonFiniteLossError', 'StopOnNonFinite', 'METRIC_COLUMNS',
-           'format_row', 'time_left']
+__all__ = ['ReduceLROnPlateau', 'plateau_replay', 'EpochRecord', 'TestPass', 'NonFiniteLossError', 'StopOnNonFinite',
+           'METRIC_COLUMNS', 'format_row', 'time_left']
 
 # valid_*: the part of train held out by `valid_pct`, present only when there is one (else the test split validates)
 # test_tta_accuracy: with flip test-time augmentation, present when the run asked for it (`TestPass(tta=True)`)

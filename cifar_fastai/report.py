@@ -195,9 +195,9 @@ def _learning_rate(config: dict, run: Path, rows: list) -> str:
     return text + _plateau_acts(config, rows) + plot
 
 
-def _monitored(config: dict) -> str:
-    "The split whose loss the plateau watched: the held-out share of train ('valid'), or the test split"
-    return 'valid' if config.get('valid_pct') else 'test'
+def _monitored(config: dict) -> tuple[str, str]:
+    "The split whose loss the plateau watched, as `metrics.csv` and as a reader names it: held out of train, or test"
+    return ('valid', 'held-out') if config.get('valid_pct') else ('test', 'test')
 
 
 _PLATEAU = ('factor', 'patience', 'threshold', 'cooldown')
@@ -209,12 +209,12 @@ def _epochs_n(n: int) -> str: return f"{n} epoch{'s' * (n != 1)}"
 def _plateau_acts(config: dict, rows: list) -> str:
     "When ReduceLROnPlateau cut the rate, replayed from the monitored losses, or how near it came to; '' if no plateau"
     if config.get('schedule', 'plateau') != 'plateau' or any(f'plateau_{k}' not in config for k in _PLATEAU): return ''
-    split, settings = _monitored(config), {k: config[f'plateau_{k}'] for k in _PLATEAU}
+    (split, watched), settings = _monitored(config), {k: config[f'plateau_{k}'] for k in _PLATEAU}
     cuts, longest = plateau_replay([r[f'{split}_loss'] for r in rows], config.get('lr_used') or 1.,
                                    min_lr=config.get('plateau_min_lr_used') or 0., **settings)
     cuts = [e for e in cuts if e < config.get('epochs', math.inf)]  # a cut after the last epoch changed nothing
     average = " (the weight average's)" if config.get('ema') else ''
-    loss = f"the {'held-out' if split == 'valid' else 'test'} loss{average}"
+    loss = f"the {watched} loss{average}"
     said = ' ReduceLROnPlateau ' + _plateau_sentence(cuts, longest, loss, settings)
     if config.get('anneal') and rows[-1]['epoch'] == config.get('epochs'):  # not in a run that stopped early
         said += (f" The final decay (`--anneal {config['anneal']:g}`) took the rate down to 0 over the last "
@@ -238,9 +238,8 @@ def _configuration(config: dict) -> str:
     def g(key): return config.get(key, 'n/a')
     lr = f"{g('lr')} (found {config['found_lr']:.3g})" if config.get('found_lr') else g('lr')
     used = {'min_lr': config.get('plateau_min_lr_used', g('plateau_min_lr'))}  # None asks for a floor from the rate
-    watched = 'held-out' if _monitored(config) == 'valid' else 'test'
-    plateau = (f'ReduceLROnPlateau on {watched} loss: ' + ', '.join(f"{k} {used.get(k, g('plateau_' + k))}" for k in
-               ('factor', 'patience', 'threshold', 'cooldown', 'min_lr')))
+    plateau = (f'ReduceLROnPlateau on {_monitored(config)[1]} loss: '
+               + ', '.join(f"{k} {used.get(k, g('plateau_' + k))}" for k in _PLATEAU + ('min_lr',)))
     plateau = plateau if g('schedule') == 'plateau' else g('schedule')
     crop = f"pad {g('pad')} (reflect) + random 32x32 crop" if config.get('pad') else 'no crop'
     augs = f"{crop}, horizontal flip {g('flip')}, cutout {g('cutout')}x{g('cutout')} with p {g('cutout_p')}"
