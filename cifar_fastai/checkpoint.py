@@ -73,7 +73,7 @@ def set_rng_state(learn, state: dict):
     # replaces on the other ranks with their own fresh streams
     own = rank < len(by_rank)
     _set_aug_states(learn, by_rank[rank] if own else state['augs'])
-    for t in _aug_transforms(learn): t.rank = rank if own else 0
+    for t in _aug_transforms(learn): t.restored_for(rank if own else 0)
 
 
 class Checkpoint(Callback):

@@ -75,6 +75,10 @@ class AlbumentationsTransform(Transform):
             if aug is not None: _seed_each(aug, seed + 2 * rank + i)
         self.rank = rank
 
+    def restored_for(self, rank: int):
+        "Record that the generators now hold process `rank`'s streams, put back from a checkpoint, not seeded afresh"
+        self.rank = rank
+
     def generators(self) -> list:
         "Every random generator of the pipelines, for saving and restoring their states"
         return [g for aug in (self.train_aug, self.valid_aug) if aug is not None for t in _walk(aug)
