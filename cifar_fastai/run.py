@@ -21,6 +21,7 @@ from cifar_fastai.config import (CONFIG, CONFIG_FORMAT, LR_SUGGESTIONS, RESUME_C
                                  RunConfig, check_resume, read_config, saved_config)
 from cifar_fastai.data import Source, read_cifar10
 from cifar_fastai.ema import EMA
+from cifar_fastai.expected import expectation
 from cifar_fastai.io import atomic_save, atomic_write, ensure_writable_dir, remove_temporaries
 from cifar_fastai.learner import cifar_learner
 from cifar_fastai.loaders import cifar_dls, ds_idx_of_test
@@ -259,6 +260,9 @@ def _claim(run: Path):
 
 def _start(learn: Learner, run: Path, config: RunConfig, parallel, log) -> tuple:
     "Find the learning rate if asked and write `config.json`: no epochs done, and the rate to train with"
+    dls = learn.dls
+    before = expectation(config, len(dls.train_ds), len(dls[ds_idx_of_test(dls)].dataset))
+    if before: log(before)  # what the user can expect, before the range test's minutes
     found = _find_lr_on_main(learn, run, config, parallel) if config.lr == 'find' else None
     lr = found['lr'] if found else float(config.lr)
     _set_floor(learn, config, lr)

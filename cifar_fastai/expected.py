@@ -1,0 +1,79 @@
+"What a recipe gave before on full CIFAR-10: the measured runs, said at the start of a run of the same recipe"
+import csv
+from dataclasses import asdict, dataclass
+from itertools import groupby
+from pathlib import Path
+
+from cifar_fastai.config import RunConfig
+
+__all__ = ['MEASURED', 'Measured', 'measured_runs', 'same_recipe', 'expectation']
+
+# one row per finished run of BENCHMARKS.md's 'The final runs', its figures as the run's own files give them
+# (tests/test_expected.py reads them again from docs/results/<run>/)
+MEASURED = Path(__file__).parent / 'measured.csv'
+# options that change how a run goes, not what it learns: any value of theirs is the same recipe
+NOT_RECIPE = {'data', 'epochs', 'seed', 'workers', 'skip_bad', 'interpret', 'tta', 'save_every', 'precision',
+              'channels_last', 'sync_bn'}
+FULL_CIFAR10 = 50_000, 10_000  # training and test images
+
+
+@dataclass(frozen=True)
+class Measured:
+    "One finished run: its recipe's schedule and budget, its last epoch's test accuracy, its minutes of training"
+    run: str               # the folder under docs/results/ that holds its evidence
+    schedule: str
+    epochs: int
+    seed: int
+    test_accuracy: float   # in [0, 1]
+    tta_accuracy: float    # the same, with flip test-time augmentation
+    minutes: float         # the sum of its epochs' seconds, over 60
+    processor: str         # the CPU of its `config.json`, 2 cores
+
+
+def measured_runs(path: Path = MEASURED) -> list[Measured]:
+    "The measured runs of `path`, sorted by schedule and epochs"
+    with open(path, newline='') as f: rows = list(csv.DictReader(f))
+    kinds = Measured.__annotations__
+    runs = [Measured(**{k: kinds[k](v) if kinds[k] is not str else v for k, v in row.items()}) for row in rows]
+    return sorted(runs, key=lambda m: (m.schedule, m.epochs, m.seed))
+
+
+def same_recipe(config: RunConfig) -> bool:
+    "Whether `config` trains as its schedule does by default for its epochs, whatever its seed, data or hardware"
+    default = asdict(RunConfig(epochs=config.epochs, schedule=config.schedule))
+    return all(v == default[k] for k, v in asdict(config).items() if k not in NOT_RECIPE)
+
+
+def _epochs(n: int) -> str: return f"{n} epoch{'s' * (n != 1)}"
+
+
+def _span(values, fmt: str) -> str:
+    "'88.75' for one value, '88.75-89.24' for several"
+    low, high = min(values), max(values)
+    return fmt.format(low) if fmt.format(low) == fmt.format(high) else f"{fmt.format(low)}-{fmt.format(high)}"
+
+
+def _budget(runs: list[Measured]) -> str:
+    "What the runs of one budget reached, in how long, where"
+    plain = _span([100 * m.test_accuracy for m in runs], '{:.2f}')
+    tta = _span([100 * m.tta_accuracy for m in runs], '{:.2f}')
+    minutes = _span([int(m.minutes + .5) for m in runs], '{}')
+    seeds = f"seed{'s' * (len(runs) > 1)} {', '.join(str(m.seed) for m in runs)}"
+    where = ' / '.join(dict.fromkeys(m.processor for m in runs))
+    return f"{_epochs(runs[0].epochs)}: {plain} % test accuracy ({tta} % with flip TTA), {seeds}, " \
+           f"{minutes} min on 2 cores of {where}"
+
+
+def expectation(config: RunConfig, n_train: int, n_test: int, runs: list[Measured] | None = None) -> str | None:
+    "What the measured runs of `config`'s recipe reached at its budget, or the nearest ones; None if nothing compares"
+    if (n_train, n_test) != FULL_CIFAR10 or config.valid_pct or not same_recipe(config): return None
+    runs = [m for m in (measured_runs() if runs is None else runs) if m.schedule == config.schedule]
+    runs.sort(key=lambda m: (m.epochs, m.seed))
+    budgets = {epochs: list(group) for epochs, group in groupby(runs, key=lambda m: m.epochs)}
+    if not budgets: return None
+    head = f"Measured before on full CIFAR-10 (BENCHMARKS.md), {config.schedule} for "
+    if config.epochs in budgets: return head + _budget(budgets[config.epochs])
+    below = [e for e in budgets if e < config.epochs][-1:]
+    above = [e for e in budgets if e > config.epochs][:1]
+    nearest = '; '.join(_budget(budgets[e]) for e in below + above)
+    return head + nearest + f" (not measured at {_epochs(config.epochs)})"
