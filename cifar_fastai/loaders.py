@@ -144,6 +144,9 @@ def cifar_dls(source=None, bs: int = 64, augs='default', valid_augs=None, seed: 
     images = np.concatenate([data.train_x, data.test_x])
     labels = np.concatenate([data.train_y, data.test_y])
     train, valid = holdout_split(data.train_y, valid_pct, seed)
+    if len(train) < bs:  # fastai drops the last, partial batch of training: no batch at all would be left
+        raise ConfigError(f"--bs {bs} is more than the {len(train)} images to train on: an epoch would train on "
+                          f"nothing; give --bs {len(train)} or less")
     test = list(range(n_train, n_train + n_test))
     splits = (train.tolist(), valid.tolist(), test) if valid_pct else (train.tolist(), test)
     tfms = [[ArrayImage(images)], [ArrayLabel(labels, data.classes), Categorize(vocab=data.classes, sort=False)]]

@@ -8,6 +8,7 @@ from torch import nn
 
 from cifar_fastai import loaders
 from cifar_fastai.data import Cifar10
+from cifar_fastai.errors import ConfigError
 from cifar_fastai.learner import cifar_learner
 from cifar_fastai.loaders import ArrayDL, cifar_dls
 from cifar_fastai.transforms import CIFAR10_MEAN, cifar_augs
@@ -141,3 +142,9 @@ def test_a_hole_is_the_mean_colour_in_the_batch_path_too():
     images = next(iter(dl.new(after_batch=[])))[0].permute(0, 2, 3, 1).numpy()
     fill = np.array([round(255 * m) for m in CIFAR10_MEAN])
     assert all(((img == fill).all(-1)).sum() == 256 for img in images)
+
+
+def test_a_batch_larger_than_the_training_images_is_refused_naming_both():
+    with pytest.raises(ConfigError, match=r'^--bs 64 is more than the 48 images to train on: .* --bs 48 or less$'):
+        cifar_dls(synthetic_cifar(n_train=60, n_test=8), bs=64, valid_pct=0.2, device='cpu')  # 12 held out
+    assert len(cifar_dls(synthetic_cifar(n_train=48, n_test=8), bs=48, device='cpu').train) == 1
