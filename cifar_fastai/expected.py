@@ -31,11 +31,10 @@ class Measured:
 
 
 def measured_runs(path: Path = MEASURED) -> list[Measured]:
-    "The measured runs of `path`, sorted by schedule and epochs"
+    "The measured runs of `path`, in its order"
     with open(path, newline='') as f: rows = list(csv.DictReader(f))
     kinds = Measured.__annotations__
-    runs = [Measured(**{k: kinds[k](v) if kinds[k] is not str else v for k, v in row.items()}) for row in rows]
-    return sorted(runs, key=lambda m: (m.schedule, m.epochs, m.seed))
+    return [Measured(**{k: kinds[k](v) for k, v in row.items()}) for row in rows]
 
 
 def same_recipe(config: RunConfig) -> bool:

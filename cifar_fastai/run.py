@@ -260,8 +260,8 @@ def _claim(run: Path):
 
 def _start(learn: Learner, run: Path, config: RunConfig, parallel, log) -> tuple:
     "Find the learning rate if asked and write `config.json`: no epochs done, and the rate to train with"
-    dls = learn.dls
-    before = expectation(config, len(dls.train_ds), len(dls[ds_idx_of_test(dls)].dataset))
+    data = learn.dls.data  # the images read, held-out ones included: `expectation` compares none of those runs
+    before = expectation(config, len(data.train_y), len(data.test_y))
     if before: log(before)  # what the user can expect, before the range test's minutes
     found = _find_lr_on_main(learn, run, config, parallel) if config.lr == 'find' else None
     lr = found['lr'] if found else float(config.lr)
