@@ -2,7 +2,7 @@
 import json
 import os
 import platform
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -258,6 +258,15 @@ def _claim(run: Path):
     remove_temporaries(run)
 
 
+@contextmanager
+def _unmade_if_empty(run: Path, made: bool):
+    "Remove `run` when this start `made` it and fails before writing anything in it (a refused --bs, Ctrl-C early)"
+    try: yield
+    except BaseException:
+        if made and run.is_dir() and not any(run.iterdir()): run.rmdir()
+        raise
+
+
 def _start(learn: Learner, run: Path, config: RunConfig, parallel, log) -> tuple:
     "Find the learning rate if asked and write `config.json`: no epochs done, and the rate to train with"
     data = learn.dls.data  # the images read, held-out ones included: `expectation` compares none of those runs
@@ -307,9 +316,10 @@ def train(config: RunConfig | None, out, resume: bool = False, cbs=None, log=pri
     parallel, out = _launch(config, out)
     main = not rank_distrib()  # only rank 0 of a data-parallel run writes and logs
     log = log if main else noop
+    made = main and not resume and not Path(out).exists()
     run = (ensure_writable_dir(out) if main else Path(out)).absolute()  # `learn.path`: fastai joins names to it
     if not resume: on_main(lambda: _claim(run))  # every process stops if rank 0 refuses the folder
-    with parallel.peer_failures() if parallel else nullcontext():
+    with _unmade_if_empty(run, made), parallel.peer_failures() if parallel else nullcontext():
         learn = _learner(config, run, saved, progress, log)
         with nullcontext() if progress else _quiet(learn):
             done, lr = _resume(learn, run, saved, log) if resume else _start(learn, run, config, parallel, log)

@@ -202,3 +202,14 @@ def test_a_run_whose_rate_bottoms_out_ends_says_so_and_stays_ended_on_resume(tmp
     stop = ('Stopped after epoch 3 of 8: the test loss stopped improving with the learning rate at its floor, 0.002 '
             '(--plateau-min-lr)')
     assert runs[0][-1] == runs[1][-1] == stop
+
+
+def test_a_start_refused_after_making_its_folder_leaves_no_empty_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    kept = tmp_path / 'kept'
+    kept.mkdir()
+    for out in ('runs/new', 'kept'):  # the sample has 500 training images
+        with pytest.raises(SystemExit) as e: cli.main(['train', '--data', 'sample', '--bs', '512', '--out', out])
+        assert e.value.code == 2 and capsys.readouterr().err.strip().endswith('; give --bs 500 or less')
+    assert not (tmp_path / 'runs' / 'new').exists() and (tmp_path / 'runs').is_dir()
+    assert kept.is_dir()  # a folder the user made stays, empty as it was
