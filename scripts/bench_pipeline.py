@@ -138,15 +138,21 @@ def contender(text: str) -> tuple[str, str]:
     return pipeline, precision
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def recipe_parser(description: str, n_test: int) -> argparse.ArgumentParser:
+    "The options of a subset and of the recipe that `train_ours` reads, but its seed"
+    p = argparse.ArgumentParser(description=description)
     p.add_argument('--data', required=True, help="CIFAR-10 folder (batches or class folders), or 'sample'")
     p.add_argument('--n-train', type=int, default=5000)
-    p.add_argument('--n-test', type=int, default=2000)
+    p.add_argument('--n-test', type=int, default=n_test)
     p.add_argument('--epochs', type=int, default=10)
     p.add_argument('--lr', type=float, default=0.025, help="one-cycle peak (default 0.025: the 20-epoch run's, bs 64)")
     p.add_argument('--bs', type=int, default=64)
     p.add_argument('--pad', type=int, default=4, help='reflect-pad crop of the augmentation (default 4)')
+    return p
+
+
+def parse_args(argv=None):
+    p = recipe_parser(__doc__.splitlines()[0], n_test=2000)
     p.add_argument('--seed', type=int, default=0, help='subset, initial weights, batch order and augmentation')
     p.add_argument('--runs', type=contender, nargs='+', default=[('ours', 'bf16'), ('plain', 'bf16')])
     return p.parse_args(argv)
