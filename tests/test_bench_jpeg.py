@@ -54,3 +54,10 @@ def test_the_bench_trains_each_quality_from_the_same_start_and_compares_them(ben
     db = float(rows[1].split('(')[1].split(' dB')[0])
     assert 20 < db < 40
     assert out.strip().splitlines()[-1].startswith('quality 40 against read at epoch 1, points of accuracy: seed 0: ')
+
+
+def test_the_fingerprint_finds_the_quality_the_images_were_encoded_at(bench, images):
+    made = bench.jpeg_round_trip(images, 60)  # the sample's images, now JPEGs of quality 60
+    found = bench.fingerprint(made, [50, 59, 60, 61, 70])
+    assert max(found, key=lambda q: found[q][0]) == 60 and found[60][0] > 0.5
+    assert min(found, key=lambda q: found[q][1]) == 60 and found[60][1] < found[59][1] / 2
