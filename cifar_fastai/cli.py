@@ -44,6 +44,7 @@ def _optimisation_options(g, d):
                         'the training images if that is fewer)')
     g.add_argument('--momentum', type=float, default=d.momentum,
                    help='SGD momentum (default %(default)s); one-cycle cycles it 0.05 either side, as fastai')
+    g.add_argument('--nesterov', action='store_true', help="Nesterov's momentum, as torch's SGD(nesterov=True)")
     g.add_argument('--wd', type=float, default=d.wd, help='weight decay (default %(default)s)')
     g.add_argument('--wd-mode', default=d.wd_mode, help="'l2' (added to the gradient, default) or 'decoupled'")
     g.add_argument('--label-smoothing', type=float, default=d.label_smoothing,
@@ -59,10 +60,10 @@ def _schedule_options(g, d):
     from cifar_fastai.run import SCHEDULES
     g.add_argument('--epochs', type=int, default=d.epochs, help='epochs (default %(default)s, as the reports)')
     g.add_argument('--schedule', default=d.schedule, help=f"one of {', '.join(SCHEDULES)} (default %(default)s)")
-    g.add_argument('--warmup', type=float,
-                   help='plateau: share of the steps over which the rate ramps up (default 0.05)')
-    g.add_argument('--anneal', type=float, help='plateau: share of the steps at the end over which the rate decays '
-                                                'linearly to 0 (default 0.2)')
+    g.add_argument('--warmup', type=float, help='plateau, linear: share of the steps over which the rate ramps up '
+                                                '(default 0.05 plateau, 0.2 linear)')
+    g.add_argument('--anneal', type=float, help='plateau, linear: share of the steps at the end over which the rate '
+                                                'decays linearly to 0 (default 0.2 plateau, 0.8 linear)')
     auto = {'patience': 'a tenth of --epochs, rounded down',  # None in `RunConfig`: worked out from other options
             'min_lr': 'a thousandth of the starting rate; a cut due there ends the run'}
     kinds = dict(factor=float, patience=int, threshold=float, cooldown=int, min_lr=float)

@@ -14,7 +14,7 @@ from cifar_fastai.recipe import ONE_CYCLE_SWING, WarmupAnneal, budget_defaults
 __all__ = ['SCHEDULES', 'LR_SUGGESTIONS', 'CONFIG', 'CONFIG_FORMAT', 'ADDED_LATER', 'RESUME_CHANGES',
            'RunConfig', 'ConfigError', 'read_config', 'saved_config', 'check_resume', 'resume_changes']
 
-SCHEDULES = ('plateau', 'one-cycle')
+SCHEDULES = ('plateau', 'one-cycle', 'linear')
 # fastai's suggestion rules; 'minimum' (a tenth of the lowest-loss rate) is the default: on full CIFAR-10 with
 # SGD + momentum 0.9 'valley' picked 1e-3 where the loss kept falling to 5e-2 (lr_find.png of a 5-epoch run)
 LR_SUGGESTIONS = {'valley': valley, 'slide': slide, 'minimum': minimum, 'steep': steep}
@@ -22,7 +22,8 @@ CONFIG = 'config.json'
 CONFIG_FORMAT = 1  # layout of config.json; a version of the package that this one would misread raises it
 # options added after the first runs, with the value that gives the behaviour of the runs saved before them
 ADDED_LATER = dict(lr_find_iters=100, lr_mult=1., label_smoothing=0., ema=0., ema_every=1, sync_bn=False, valid_pct=0.,
-                   warmup=0., anneal=0., tta=False, save_every=300.)  # saves inside an epoch change no result
+                   warmup=0., anneal=0., tta=False, save_every=300.,
+                   nesterov=False)  # saves inside an epoch change no result
 RESUME_CHANGES = ('epochs', 'interpret', 'save_every')  # what `--resume` may change; the rest is the saved run's
 _FIX = 'put back a copy of the file, or start a new run'
 
@@ -40,14 +41,16 @@ class RunConfig:
     lr_find_iters: int | None = None  # batches of the range test; None: `lr_find_length` of the data (300 on CIFAR-10)
     lr_mult: float | None = None    # 'find' trains at this times the suggestion; None: by the budget
     momentum: float = 0.9           # SGD's; one-cycle cycles it from 0.05 above to 0.05 below and back
+    nesterov: bool = False          # Nesterov's momentum, as torch's `SGD(nesterov=True)`; False: heavy ball, as fastai
     wd: float = 5e-4
     wd_mode: str = 'l2'             # 'l2': added to the gradient, as the reports; or 'decoupled'
     label_smoothing: float = 0.     # of torch's `CrossEntropyLoss`; 0: plain cross-entropy, as the reports
     ema: float = 0.998              # decay per step of the weight average tested and kept; 0: none, as the reports
     ema_every: int = 4              # steps between updates of the average (each one costs ~3% of a step)
-    schedule: str = 'plateau'       # ReduceLROnPlateau on the validation loss, or fastai's 'one-cycle'
-    warmup: float | None = None     # plateau: share of the steps the rate ramps up over; None: by the budget
-    anneal: float | None = None     # plateau: share of the steps at the end it decays to 0 over; None: by the budget
+    schedule: str = 'plateau'       # ReduceLROnPlateau on the validation loss, fastai's 'one-cycle', or 'linear':
+                                    # up over `warmup`, down to 0 over `anneal`, constant momentum, no plateau
+    warmup: float | None = None     # plateau, linear: share of the steps the rate ramps up over; None: by the budget
+    anneal: float | None = None     # plateau, linear: share of the steps at the end it decays to 0 over; None: budget
     plateau_factor: float = 0.1     # torch's ReduceLROnPlateau defaults, but for the patience
     plateau_patience: int | None = None  # None: by the budget, a tenth of the epochs
     plateau_threshold: float = 1e-4  # torch's; 0.1 cut after epoch 4 but cost 0.5 points at epoch 5 with EMA

@@ -16,9 +16,13 @@ def budget_defaults(epochs: int, schedule: str = 'plateau') -> dict:
         pad=4 if epochs >= 10 else 0,        # a 4-pixel random translation, as every anchor past 20 epochs; at 5 epochs
                                              # it cost accuracy (docs/results/sweeps.csv: oc-lr1-pad0, full-one-cycle)
         lr_mult=5. if schedule == 'plateau' else 20.,  # x lr_find's 'minimum'; one-cycle peaks higher, after a warm-up
-        warmup=0. if schedule != 'plateau' else 0.05,  # share of the steps the plateau's rate ramps up over
-        anneal=0. if schedule != 'plateau' else 0.2,   # share of the steps it decays linearly to 0 over, at the end
+        **_RAMPS.get(schedule, dict(warmup=0., anneal=0.)),
     )
+
+
+# shares of the steps the rate ramps up over and decays linearly to 0 over, at the end: the plateau's around its
+# constant rate; 'linear' is a triangle, as airbench's ResNet18 (KellerJordan/cifar10-airbench: 20 % up, 80 % down)
+_RAMPS = {'plateau': dict(warmup=0.05, anneal=0.2), 'linear': dict(warmup=0.2, anneal=0.8)}
 
 
 def one_cycle_moms(momentum: float) -> tuple:

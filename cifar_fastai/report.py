@@ -240,12 +240,15 @@ def _configuration(config: dict) -> str:
     used = {'min_lr': config.get('plateau_min_lr_used', g('plateau_min_lr'))}  # None asks for a floor from the rate
     plateau = (f'ReduceLROnPlateau on {_monitored(config)[1]} loss: '
                + ', '.join(f"{k} {used.get(k, g('plateau_' + k))}" for k in _PLATEAU + ('min_lr',)))
-    plateau = plateau if g('schedule') == 'plateau' else g('schedule')
+    if g('schedule') == 'linear':
+        plateau = f"linear: up over the first {g('warmup'):.0%} of the steps, down to 0 over the last {g('anneal'):.0%}"
+    elif g('schedule') != 'plateau': plateau = g('schedule')
     crop = f"pad {g('pad')} (reflect) + random 32x32 crop" if config.get('pad') else 'no crop'
     augs = f"{crop}, horizontal flip {g('flip')}, cutout {g('cutout')}x{g('cutout')} with p {g('cutout_p')}"
     data = f"`--data {config['data']}`" if config.get('data') else 'found by the default search'
     rows = [('data', f"{g('data_source')} ({data})"), ('epochs', g('epochs')), ('batch size', g('bs')),
-            ('learning rate', lr), ('optimizer', f"SGD, momentum {g('momentum')}"),
+            ('learning rate', lr),
+            ('optimizer', f"SGD, {'Nesterov ' * bool(config.get('nesterov'))}momentum {g('momentum')}"),
             ('weight decay', f"{g('wd')} ({g('wd_mode')})"), ('label smoothing', config.get('label_smoothing', 0)),
             ('weight average', _average(config)),
             ('schedule', plateau), ('augmentation', augs),

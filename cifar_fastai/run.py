@@ -1,5 +1,6 @@
 "A training run as a folder: configuration, learning-rate finder, fit with checkpoints, weights, export"
 import json
+import math
 import os
 import platform
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -60,12 +61,13 @@ def run_dls(config: RunConfig, data: str | None = None, test_only: bool = False,
 
 def run_learner(dls, config: RunConfig, path: Path) -> Learner:
     "The `Learner` of `config`, keeping its files in `path`"
-    plateau = dict(factor=config.plateau_factor, patience=config.plateau_patience, threshold=config.plateau_threshold,
+    patience = config.plateau_patience if config.schedule == 'plateau' else math.inf  # the others: never cuts
+    plateau = dict(factor=config.plateau_factor, patience=patience, threshold=config.plateau_threshold,
                    cooldown=config.plateau_cooldown, stop_at_min_lr=True)  # `min_lr` once the starting rate is known
     lr = config.lr if config.lr != 'find' else 0.01  # replaced by the finder's suggestion before fitting
     ema = EMA(config.ema, config.ema_every) if config.ema else 0.
-    return cifar_learner(dls, lr=lr, momentum=config.momentum, wd=config.wd, wd_mode=config.wd_mode,
-                         precision=config.precision, channels_last=config.channels_last, plateau=plateau,
+    return cifar_learner(dls, lr=lr, momentum=config.momentum, nesterov=config.nesterov, wd=config.wd,
+                         wd_mode=config.wd_mode, precision=config.precision, channels_last=config.channels_last, plateau=plateau,
                          label_smoothing=config.label_smoothing, ema=ema, tta=config.tta,
                          cbs=[WarmupAnneal(config.warmup, config.anneal)] if config.warmup or config.anneal else None,
                          path=path, model_dir='.')

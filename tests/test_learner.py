@@ -59,17 +59,19 @@ def test_find_lr_returns_mult_times_the_suggestion_and_plots_it(dls, tmp_path, m
     with Image.open(tmp_path / 'lr_find.png') as im: assert im.size[0] > 100 and im.size[1] > 100
 
 
+@pytest.mark.parametrize('nesterov', [False, True])
 @pytest.mark.parametrize('wd_mode,torch_opt', [
-    ('l2', lambda ps, lr, wd: torch.optim.SGD(ps, lr=lr, momentum=0.9, weight_decay=wd)),
-    ('decoupled', lambda ps, lr, wd: torch.optim.SGD(ps, lr=lr, momentum=0.9))])
-def test_sgd_steps_match_torch_sgd(dls, wd_mode, torch_opt):
+    ('l2', lambda ps, lr, wd, nesterov: torch.optim.SGD(ps, lr=lr, momentum=0.9, weight_decay=wd, nesterov=nesterov)),
+    ('decoupled', lambda ps, lr, wd, nesterov: torch.optim.SGD(ps, lr=lr, momentum=0.9, nesterov=nesterov))])
+def test_sgd_steps_match_torch_sgd(dls, wd_mode, torch_opt, nesterov):
     torch.manual_seed(0)
     ours, ref = (torch.nn.Linear(8, 4, bias=False) for _ in range(2))
     ref.load_state_dict(ours.state_dict())
-    learn = cifar_learner(dls, model=torch.nn.Sequential(ours), wd=0.05, wd_mode=wd_mode, lr=0.1, precision='fp32')
+    learn = cifar_learner(dls, model=torch.nn.Sequential(ours), wd=0.05, wd_mode=wd_mode, lr=0.1, precision='fp32',
+                          nesterov=nesterov)
     learn.create_opt()
     learn.opt.set_hypers(lr=0.1, wd=0.05)
-    ref_opt = torch_opt(ref.parameters(), 0.1, 0.05)
+    ref_opt = torch_opt(ref.parameters(), 0.1, 0.05, nesterov)
     for step in range(5):
         x = torch.randn(16, 8, generator=torch.Generator().manual_seed(step))
         for model, opt in ((ours, learn.opt), (ref, ref_opt)):

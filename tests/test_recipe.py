@@ -16,7 +16,9 @@ from tests.helpers import synthetic_cifar
     (50, 'plateau', dict(plateau_patience=5, pad=4, lr_mult=5., warmup=0.05, anneal=0.2)),
     (100, 'plateau', dict(plateau_patience=10, pad=4, lr_mult=5., warmup=0.05, anneal=0.2)),
     (8, 'one-cycle', dict(plateau_patience=0, pad=0, lr_mult=20., warmup=0., anneal=0.)),
-    (20, 'one-cycle', dict(plateau_patience=2, pad=4, lr_mult=20., warmup=0., anneal=0.))])
+    (20, 'one-cycle', dict(plateau_patience=2, pad=4, lr_mult=20., warmup=0., anneal=0.)),
+    (8, 'linear', dict(plateau_patience=0, pad=0, lr_mult=20., warmup=0.2, anneal=0.8)),
+    (15, 'linear', dict(plateau_patience=1, pad=4, lr_mult=20., warmup=0.2, anneal=0.8))])
 def test_budget_rule_gives_the_documented_values(epochs, schedule, expected):
     assert budget_defaults(epochs, schedule) == expected
     config = RunConfig(epochs=epochs, schedule=schedule)
@@ -42,10 +44,12 @@ class StepRates(Callback):
 def _torch_rates(lr: float, total: int, n_up: int, n_down: int) -> list:
     "The same schedule from torch's `LinearLR` pieces chained by `SequentialLR`"
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
-    pieces = [torch.optim.lr_scheduler.LinearLR(opt, 1 / n_up, 1., total_iters=n_up - 1),
-              torch.optim.lr_scheduler.LinearLR(opt, 1., 1., total_iters=1),
-              torch.optim.lr_scheduler.LinearLR(opt, n_down / (n_down + 1), 1 / (n_down + 1), total_iters=n_down - 1)]
-    sched = torch.optim.lr_scheduler.SequentialLR(opt, pieces, milestones=[n_up, total - n_down])
+    flat = total - n_up - n_down  # steps at `lr` between the two ramps; none in a triangle
+    pieces = [torch.optim.lr_scheduler.LinearLR(opt, 1 / n_up, 1., total_iters=n_up - 1)]
+    pieces += [torch.optim.lr_scheduler.LinearLR(opt, 1., 1., total_iters=1)] if flat else []
+    pieces += [torch.optim.lr_scheduler.LinearLR(opt, n_down / (n_down + 1), 1 / (n_down + 1), total_iters=n_down - 1)]
+    milestones = [n_up, total - n_down] if flat else [n_up]
+    sched = torch.optim.lr_scheduler.SequentialLR(opt, pieces, milestones=milestones)
     rates = []
     for _ in range(total):
         rates.append(opt.param_groups[0]['lr'])
@@ -72,6 +76,16 @@ def test_a_plateau_cut_scales_the_rest_of_the_schedule():
     reference = _torch_rates(0.1, 30, n_up=6, n_down=9)
     # the first epoch sets the best loss, each later one cuts: epochs 2 and 3 run at a half and a quarter
     assert seen.rates == pytest.approx([r * 0.5 ** max(0, i // 10 - 1) for i, r in enumerate(reference)])
+
+
+def test_the_linear_schedule_is_a_triangle_that_no_plateau_cuts(tmp_path):
+    from cifar_fastai.run import train
+    # a threshold no loss can meet: a plateau with patience 0 would cut after the second epoch
+    config = RunConfig(data='sample', epochs=3, bs=100, lr=0.02, schedule='linear', plateau_patience=0,
+                       plateau_threshold=0.99, ema=0., interpret=False)
+    learn = train(config, tmp_path / 'run', log=lambda *a: None, progress=False, cbs=[seen := StepRates()])
+    assert seen.rates == pytest.approx(_torch_rates(0.02, 15, n_up=3, n_down=12))  # 5 steps an epoch
+    assert learn.opt.hypers[0]['lr'] == pytest.approx(0.02) and learn.opt.hypers[0]['mom'] == 0.9
 
 
 @pytest.mark.parametrize('warmup, anneal', [(-0.1, 0.), (0., 1.5), (0.6, 0.6)])
