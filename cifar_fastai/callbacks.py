@@ -98,7 +98,7 @@ class ReduceLROnPlateau(Callback):
 
     def load_state_dict(self, state: dict):
         for k in ('best', 'num_bad_epochs', 'cooldown_counter', 'last_epoch'): setattr(self, k, state[k])
-        self.bottomed_out = state.get('bottomed_out', False)  # checkpoints written before issue 17 have none
+        self.bottomed_out = state.get('bottomed_out', False)  # older checkpoints have none
 
 
 def plateau_replay(values, lr: float, **settings) -> tuple[list[int], int]:

@@ -8,7 +8,7 @@ from cifar_fastai.config import RunConfig
 
 __all__ = ['MEASURED', 'Measured', 'measured_runs', 'same_recipe', 'expectation']
 
-# one row per finished run of BENCHMARKS.md's 'The final runs', its figures as the run's own files give them
+# one row per finished run of BENCHMARKS.md's 'Accuracy per budget', its figures as the run's own files give them
 # (tests/test_expected.py reads them again from docs/results/<run>/)
 MEASURED = Path(__file__).parent / 'measured.csv'
 # options that change how a run goes, not what it learns: any value of theirs is the same recipe

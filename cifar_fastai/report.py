@@ -32,7 +32,7 @@ _LATTICE = (' The dots on a lattice in the layer1 and layer2 maps come from the 
 PICTURES = dict(class_accuracy='class_accuracy.png', curves='curves.png', augmentations='augmentations.png',
                 misclassified='misclassified.png', gradcam='gradcam.png', confusion_matrix='confusion_matrix.png',
                 top_losses='top_losses.png')
-# Test accuracy (%) of the reference reports (a CIFAR ResNet18 trained 50 epochs), as quoted in issue 3 of this project
+# Test accuracy (%) of the reference reports (a CIFAR ResNet18 trained 50 epochs)
 REFERENCE_FINAL = (88.6, 90.33)
 REFERENCE_EPOCHS = {1: 58.58, 2: 63.98, 3: 67.39, 4: 73.58, 5: 82.56}  # one reference report's log, epochs 1-5
 

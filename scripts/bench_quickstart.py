@@ -1,4 +1,4 @@
-"""The Quickstart's first command as a new user meets it, for two commits side by side on this machine (issue 17).
+"""The Quickstart's first command as a new user meets it, for two commits side by side on this machine.
 
 Each commit is cloned into a fresh folder with a fresh venv; its command (install, then `cifar-fastai train`, which
 trains on the bundled sample when no CIFAR-10 is found) runs there under a clock, one commit after the other, and the

@@ -1,4 +1,4 @@
-"""Training speed on this CPU: the reference's PyTorch loop vs a bare model step vs our `Learner.fit` (issue 4)
+"""Training speed on this CPU: the reference's PyTorch loop vs a bare model step vs our `Learner.fit`
 
 Contenders, on the same images and batch size, alternated A B C A B C ... over `--rounds`, each in its own
 process so that its peak memory is its own:
@@ -8,7 +8,7 @@ process so that its peak memory is its own:
   3. ours: `cifar_dls` + `cifar_learner(precision='auto', channels_last=True)` with the default weight average of
      `cifar-fastai train` (`EMA`), `Learner.fit`, train phase only
 Extras: the bare step in fp32/bf16 x contiguous/channels_last, optionally compiled.
-Loaders alone (issue 15), no model: the reference's `DataLoader`; ours (`cifar_dls(...).train`) with each of
+Loaders alone, no model: the reference's `DataLoader`; ours (`cifar_dls(...).train`) with each of
 `--loader-workers`; the floor, the same Albumentations pipeline in a plain loop over the in-memory arrays, stacked
 and normalised with torch.
 

@@ -32,7 +32,7 @@ def test_phases_follow_the_files_of_the_run(bench, tmp_path):
 
 
 def test_a_run_without_the_faithfulness_table_leaves_its_phase_out(bench, tmp_path):
-    "The code before issue 18 wrote no faithfulness.md: its pictures run on to the report"
+    "Code that writes no faithfulness.md: its pictures run on to the report"
     named = datetime(2026, 11, 22, 9, 11, 0).timestamp()
     run = tmp_path / '20261122-091100'
     run.mkdir()

@@ -151,7 +151,7 @@ def test_validate_after_fit_changes_neither_the_rate_nor_the_record(dls):
 
 
 class ReadEachBatch(Callback):
-    "The record as kept before issue 15: each batch's loss and correct count read with `.item()`, summed in Python"
+    "A plain record: each batch's loss and correct count read with `.item()`, summed in Python"
     order = 56
     def before_fit(self): self.epochs = []
     def before_epoch(self): self.sums = {'train': [0., 0, 0], 'test': [0., 0, 0]}

@@ -1,4 +1,4 @@
-"A checkpoint restores onto the model's device and dtype, and one written before issue 15 resumes as its run went on"
+"A checkpoint restores onto the model's device and dtype, and one written by an older layout resumes as its run went on"
 from pathlib import Path
 
 import pytest
@@ -11,7 +11,7 @@ from cifar_fastai.learner import cifar_learner
 from cifar_fastai.loaders import cifar_dls
 from tests.helpers import synthetic_cifar
 
-# Written by commit 619f03b, the code of the runs in progress when the data path changed (issue 15), running
+# Written by commit 619f03b, the code of the runs in progress when the data path changed, running
 # `_learner().fit(3, 0.05, cbs=Checkpoint(run))`: checkpoint.pth is the checkpoint after epoch 1 (copied by an
 # `after_epoch` callback of order 80), expected.pth holds the model (the weight average) and the rows after epoch 3.
 FIXTURE = Path(__file__).parent / 'data' / 'checkpoint-619f03b'
