@@ -18,12 +18,12 @@ from cifar_fastai.callbacks import _in_fit, batches_done, write_metrics
 from cifar_fastai.collective import gather_values, in_process_group, is_main, unwrap
 from cifar_fastai.errors import RunFileError
 from cifar_fastai.io import atomic_save, load_tensors
+from cifar_fastai.layout import CHECKPOINT
 from cifar_fastai.precision import autocast_of
 
 __all__ = ['CHECKPOINT', 'Checkpoint', 'stop_after_batch', 'SkipEpochs', 'SkipBatches', 'rng_state', 'every_rank',
            'set_rng_state', 'load_checkpoint', 'load_weights', 'restore_checkpoint']
 
-CHECKPOINT = 'checkpoint.pth'
 
 
 def _train_dl(learn):

@@ -1,6 +1,5 @@
 "The `cifar-fastai` command line: it parses arguments and calls the library, nothing more"
 import argparse
-import json
 import signal
 import sys
 import time
@@ -32,7 +31,7 @@ def _data_options(g, d):
 
 
 def _optimisation_options(g, d):
-    from cifar_fastai.run import LR_FIND_ITERS, LR_FIND_PASSES
+    from cifar_fastai.rangetest import LR_FIND_ITERS, LR_FIND_PASSES
     g.add_argument('--lr', type=_positive_float_or_find, default=d.lr,
                    help="learning rate, or 'find' for the range test's suggestion (default)")
     g.add_argument('--lr-suggestion', default=d.lr_suggestion,
@@ -205,20 +204,22 @@ def _alone():
 
 
 def _lr_find(args):
-    from cifar_fastai.config import CONFIG, ConfigError
-    from cifar_fastai.io import atomic_write, ensure_writable_dir
-    from cifar_fastai.run import find_lr, run_dls, run_learner
+    from cifar_fastai.config import ConfigError
+    from cifar_fastai.io import ensure_writable_dir
+    from cifar_fastai.layout import CONFIG, LR_PLOT, LR_RECORD
+    from cifar_fastai.rangetest import find_lr, write_found
+    from cifar_fastai.run import run_dls, run_learner
     out = ensure_writable_dir(args.out or _default_out())
     if (out / CONFIG).exists():
-        raise ConfigError(f"{out} holds a training run: lr-find would write its lr_find.png and lr_find.json there; "
+        raise ConfigError(f"{out} holds a training run: lr-find would write its {LR_PLOT} and {LR_RECORD} there; "
                           f"choose another --out")
     config = _config(args).check()
     learn = run_learner(run_dls(config), config, out)
     with _bars(learn):
-        found = find_lr(learn, out / 'lr_find.png', config.lr_suggestion, config.lr_find_iters, config.lr_mult)
-    with atomic_write(out / 'lr_find.json', 'w') as f: json.dump(found, f, indent=2)
+        found = find_lr(learn, out / LR_PLOT, config.lr_suggestion, config.lr_find_iters, config.lr_mult)
+    write_found(found, out / LR_RECORD)
     print(f"lr_find suggests {found[config.lr_suggestion]:.3g} ({config.lr_suggestion}); `train` would use "
-          f"{config.lr_mult:g} x that = {found['lr']:.3g}; all: {found}; plot in {out / 'lr_find.png'}")
+          f"{config.lr_mult:g} x that = {found['lr']:.3g}; all: {found}; plot in {out / LR_PLOT}")
 
 
 def _bars(learn):

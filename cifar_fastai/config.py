@@ -7,6 +7,7 @@ from pathlib import Path
 from fastai.callback.schedule import minimum, slide, steep, valley
 
 from cifar_fastai.errors import ConfigError, RunFileError
+from cifar_fastai.layout import CONFIG
 from cifar_fastai.learner import WD_MODES
 from cifar_fastai.precision import PRECISIONS
 from cifar_fastai.recipe import ONE_CYCLE_SWING, WarmupAnneal, budget_defaults
@@ -18,7 +19,6 @@ SCHEDULES = ('plateau', 'one-cycle', 'linear')
 # fastai's suggestion rules; 'minimum' (a tenth of the lowest-loss rate) is the default: on full CIFAR-10 with
 # SGD + momentum 0.9 'valley' picked 1e-3 where the loss kept falling to 5e-2 (lr_find.png of a 5-epoch run)
 LR_SUGGESTIONS = {'valley': valley, 'slide': slide, 'minimum': minimum, 'steep': steep}
-CONFIG = 'config.json'
 CONFIG_FORMAT = 1  # layout of config.json; a version of the package that this one would misread raises it
 # options added after the first runs, with the value that gives the behaviour of the runs saved before them
 ADDED_LATER = dict(lr_find_iters=100, lr_mult=1., label_smoothing=0., ema=0., ema_every=1, sync_bn=False, valid_pct=0.,

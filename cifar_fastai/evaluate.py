@@ -10,7 +10,8 @@ from cifar_fastai.checkpoint import load_weights
 from cifar_fastai.config import saved_config
 from cifar_fastai.io import load_tensors
 from cifar_fastai.loaders import ds_idx_of_test
-from cifar_fastai.run import WEIGHTS, recorded_data, run_dls, run_learner
+from cifar_fastai.layout import WEIGHTS
+from cifar_fastai.run import recorded_data, run_dls, run_learner
 
 __all__ = ['Predictions', 'FlipBatch', 'predict', 'class_accuracy', 'format_accuracy', 'load_run']
 

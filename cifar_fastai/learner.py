@@ -2,7 +2,6 @@
 import warnings
 from functools import partial
 
-import torch
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy

@@ -17,14 +17,14 @@ from cifar_fastai.interpret import (PredictionsInterpretation, measure_faithfuln
                                     plot_confusion_matrix, plot_gradcam, plot_misclassified, plot_top_losses,
                                     top_mistakes)
 from cifar_fastai.plots import plot_augmentations, plot_curves
-from cifar_fastai.run import LR_PLOT, METRICS, read_config
+from cifar_fastai.config import read_config
+from cifar_fastai.layout import FAITHFULNESS, LR_PLOT, METRICS, REPORT
+from cifar_fastai.machine import cpu_name
 
 __all__ = ['REPORT', 'PICTURES', 'FAITHFULNESS', 'REFERENCE_FINAL', 'REFERENCE_EPOCHS', 'interpret_run', 'gradcam_run',
            'accuracy_markdown', 'faithfulness_markdown', 'write_faithfulness', 'write_report']
 
-REPORT, FAITHFULNESS = 'report.md', 'faithfulness.md'
-
-# measured by scripts/lattice_phases.py on final-oc20-s0 (docs/results/explanations/README.md)
+# measured on final-oc20-s0 (docs/results/explanations/README.md)
 _LATTICE = (' The dots on a lattice in the layer1 and layer2 maps come from the network, not from the image: the next '
             "stage's 1x1 stride-2 shortcut reads one pixel in four and sends its gradient there, so about half of a "
             "layer1 map falls on those pixels while the activations spread evenly. Read those maps for their shape.")
@@ -289,16 +289,9 @@ def faithfulness_markdown(rows: list, steps: int, seed: int = 0) -> str:
             f"the errors suggest.\n\n{table}")
 
 
-def _cpu_model() -> str:
-    "The CPU model name of this machine, as /proc/cpuinfo gives it, else what `platform` knows"
-    try: names = [l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')]
-    except OSError: names = []
-    return names[0] if names else (platform.processor() or platform.machine())
-
-
 def _speed_and_machine(config: dict, rows: list) -> str:
     secs = mean(r['seconds'] for r in rows)
-    processor = config.get('processor') or f'{_cpu_model()} (read when this report was written)'
+    processor = config.get('processor') or f'{cpu_name()} (read when this report was written)'
     n_train = config.get('n_train')
     speed = f"{n_train / secs:.1f} training images per second" if n_train else 'training images per second unknown'
     total = sum(r['seconds'] for r in rows)

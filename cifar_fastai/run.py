@@ -1,42 +1,36 @@
 "A training run as a folder: configuration, learning-rate finder, fit with checkpoints, weights, export"
 import json
 import math
-import os
-import platform
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import NamedTuple
 
-import fastai
-import torch
 from fastai.learner import Learner
 from fastai.torch_core import num_distrib, rank_distrib
 from fastcore.basics import noop
 
 from cifar_fastai.callbacks import write_metrics
-from cifar_fastai.checkpoint import (CHECKPOINT, Checkpoint, SkipBatches, SkipEpochs, load_checkpoint,
+from cifar_fastai.checkpoint import (Checkpoint, SkipBatches, SkipEpochs, load_checkpoint,
                                      restore_checkpoint, stop_after_batch)
 from cifar_fastai.collective import on_main
-from cifar_fastai.config import (CONFIG, CONFIG_FORMAT, LR_SUGGESTIONS, RESUME_CHANGES, SCHEDULES, ConfigError,
-                                 RunConfig, check_resume, read_config, saved_config)
+from cifar_fastai.config import (CONFIG_FORMAT, RESUME_CHANGES, SCHEDULES, ConfigError, RunConfig, check_resume,
+                                 read_config, saved_config)
 from cifar_fastai.data import Source, read_cifar10
 from cifar_fastai.ema import EMA
 from cifar_fastai.expected import expectation
 from cifar_fastai.io import atomic_save, atomic_write, ensure_writable_dir, remove_temporaries
+from cifar_fastai.layout import CHECKPOINT, CONFIG, EXPORT, LR_PLOT, METRICS, WEIGHTS
 from cifar_fastai.learner import cifar_learner
 from cifar_fastai.loaders import cifar_dls, ds_idx_of_test
+from cifar_fastai.machine import versions
+from cifar_fastai.rangetest import find_lr, lr_find_length
 from cifar_fastai.recipe import WarmupAnneal, one_cycle_moms
 from cifar_fastai.transforms import cifar_augs
 
 __all__ = ['SCHEDULES', 'RunConfig', 'ConfigError', 'train', 'find_lr', 'lr_find_length', 'run_dls', 'run_learner',
            'read_config', 'recorded_data']
 
-METRICS, WEIGHTS, EXPORT, LR_PLOT = 'metrics.csv', 'model.pth', 'export.pkl', 'lr_find.png'
-# The range test's length: 300 batches, measured on full CIFAR-10 (BENCHMARKS.md: 'minimum' varied 1.2x over 4 seeds,
-# 3x at fastai's 100), is 0.4 passes there; on a small set it is capped at a few passes, as a longer test retrains
-# on the same images (the 500-image sample: 38 passes, most of a 50-epoch run's time)
-LR_FIND_ITERS, LR_FIND_PASSES, LR_FIND_MIN = 300, 5, 20
 PLATEAU_FLOOR = 1e-3  # the plateau's default floor, times the starting rate: three cuts by 0.1
 
 
@@ -73,79 +67,13 @@ def run_learner(dls, config: RunConfig, path: Path) -> Learner:
                          path=path, model_dir='.')
 
 
-def lr_find_length(n_batches: int) -> int:
-    "Batches of the range test on data of `n_batches` a pass: `LR_FIND_ITERS`, at most `LR_FIND_PASSES` passes"
-    return max(min(LR_FIND_ITERS, LR_FIND_PASSES * n_batches), LR_FIND_MIN)  # fewer leave the rules too few points
-
-
-def find_lr(learn: Learner, plot_path: Path | None = None, suggestion: str = 'minimum', num_it: int | None = None,
-            mult: float = 1.) -> dict:
-    "fastai's LR range test (weights and optimizer restored after it): every suggestion, `mult` x `suggestion` as 'lr'"
-    # num_it: batches of the test; None: `lr_find_length` of the training data
-    if suggestion not in LR_SUGGESTIONS:
-        raise ConfigError(f"--lr-suggestion must be one of {', '.join(LR_SUGGESTIONS)}, got {suggestion!r}")
-    num_it = num_it or lr_find_length(len(learn.dls.train))
-    learn.lr_find(num_it=num_it, show_plot=False, suggest_funcs=None)
-    found = _suggestions(learn.recorder, num_it)
-    if found[suggestion] is None:
-        raise ConfigError(f"lr_find recorded too few points for the '{suggestion}' rule: raise --lr-find-iters "
-                          f"(now {num_it}) or choose another --lr-suggestion")
-    found |= {'lr': mult * found[suggestion], 'suggestion': suggestion, 'mult': mult, 'num_it': num_it}
-    if plot_path is not None: _plot_lr_find(learn, found, plot_path)
-    return found
-
-
-def _plot_lr_find(learn: Learner, found: dict, plot_path: Path):
-    "fastai's plot of the range test, with a line for each suggestion and one for the rate used"
-    import matplotlib.pyplot as plt
-    from cifar_fastai.plots import save_figure
-    learn.recorder.plot_lr_find()  # fastai's plot (it returns no figure: take the current one)
-    fig, ax = plt.gcf(), plt.gca()
-    colors = ('tab:orange', 'tab:green', 'tab:red', 'tab:purple')
-    for (name, lr), color in zip(((n, found[n]) for n in LR_SUGGESTIONS), colors):
-        style = '-' if name == found['suggestion'] else ':'
-        if lr is not None: ax.axvline(lr, color=color, linestyle=style, label=f"{name} {lr:.2e}")
-    ax.axvline(found['lr'], color='black', label=f"used {found['lr']:.2e}" +
-               (f" ({found['mult']:g} x {found['suggestion']})" if found['mult'] != 1 else ''))
-    ax.set_title(f'LR range test, SGD momentum {learn.opt.hypers[0]["mom"]:g}')
-    ax.legend(loc='best')
-    save_figure(fig, plot_path)
-    plt.close(fig)
-
-
-def _suggestions(recorder, num_it: int) -> dict:
-    "Every rule's suggestion from the recorded range test, None where too few points were recorded"
-    # the same points as fastai's `Learner.lr_find`: the first tenth and the last five left out, up to a NaN
-    lrs, losses = torch.tensor(recorder.lrs[num_it // 10:-5]), torch.tensor(recorder.losses[num_it // 10:-5])
-    n = int(torch.isnan(losses).nonzero().min()) if torch.isnan(losses).any() else len(losses)
-    found = {}
-    for name, rule in LR_SUGGESTIONS.items():
-        try: found[name] = float(rule(lrs[:n], losses[:n], num_it)[0])
-        except (IndexError, ValueError, RuntimeError): found[name] = None
-    return found
-
-
-def _processor() -> str:
-    "The CPU's model name (`platform.processor()` is empty on Linux)"
-    try: names = [l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')]
-    except OSError: names = []
-    return names[0] if names else platform.processor()
-
-
-def _versions() -> dict:
-    import albumentations
-    return {'python': platform.python_version(), 'torch': torch.__version__, 'fastai': fastai.__version__,
-            'albumentations': albumentations.__version__, 'machine': platform.machine(),
-            'processor': _processor(), 'cores': os.cpu_count(), 'threads': torch.get_num_threads()}
-
-
 def _write_config(run: Path, config: RunConfig, learn: Learner, lr: float, dls, found: dict | None):
     record = {**asdict(config), 'found_lr': found[found['suggestion']] if found else None, 'lr_suggestions': found,
               'lr_used': lr, 'plateau_min_lr_used': learn.reduce_lr_on_plateau.min_lr,
               'precision_used': learn.precision, 'device': str(dls.device), 'data_source': dls.data.source,
               'classes': list(dls.vocab), 'n_train': len(dls.train_ds),
               'n_valid': len(dls.valid_ds) if config.valid_pct else 0, 'n_test': len(dls[ds_idx_of_test(dls)].dataset),
-              'processes': max(num_distrib(), 1), **_versions(), 'format': CONFIG_FORMAT}
+              'processes': max(num_distrib(), 1), **versions(), 'format': CONFIG_FORMAT}
     _write_record(run, record)
 
 

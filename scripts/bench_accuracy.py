@@ -7,12 +7,13 @@ ours for each run, and the difference. Run by hand; results go to BENCHMARKS.md.
     python scripts/bench_accuracy.py --runs runs/acc-plateau runs/acc-one-cycle      # tables from finished runs
 """
 import argparse
-import platform
 from pathlib import Path
 
 from cifar_fastai.callbacks import read_metrics
 from cifar_fastai.report import REFERENCE_EPOCHS, REFERENCE_FINAL
-from cifar_fastai.run import METRICS, RunConfig, read_config, train
+from cifar_fastai.layout import METRICS
+from cifar_fastai.machine import cpu_name
+from cifar_fastai.run import RunConfig, read_config, train
 
 
 def table(runs: list) -> str:
@@ -47,7 +48,7 @@ def describe(run) -> str:
         smoothing += f", tested on an EMA of the weights (decay {c['ema']}, every {c.get('ema_every', 1)} steps)"
     return (f"- `{Path(run).name}`: {schedule}, {lr}, bs {c['bs']}, {augs}{smoothing}, SGD momentum {c['momentum']}, "
             f"wd {c['wd']} ({c['wd_mode']}), precision {c['precision_used']}, seed {c['seed']}, "
-            f"{c['n_train']} train / {c['n_test']} test images, {c.get('processor') or platform.processor()}; {leads(run)}")
+            f"{c['n_train']} train / {c['n_test']} test images, {c.get('processor') or cpu_name()}; {leads(run)}")
 
 
 def leads(run) -> str:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from cifar_fastai.callbacks import read_metrics
 from cifar_fastai.report import REFERENCE_FINAL
-from cifar_fastai.run import METRICS, read_config
+from cifar_fastai.layout import METRICS
+from cifar_fastai.run import read_config
 
 EPOCHS = (5, 10, 20, 30, 50)
 # Public anchors with this network (CIFAR ResNet18, 11,173,962 parameters), test accuracy in %:

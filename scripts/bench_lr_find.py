@@ -13,7 +13,8 @@ import statistics
 import time
 from pathlib import Path
 
-from cifar_fastai.run import LR_FIND_ITERS, RunConfig, find_lr, run_dls, run_learner
+from cifar_fastai.rangetest import LR_FIND_ITERS, find_lr
+from cifar_fastai.run import RunConfig, run_dls, run_learner
 
 
 def measure(data, seed: int, iters: int, out: Path, suggestion: str = 'minimum') -> dict:

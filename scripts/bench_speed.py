@@ -40,6 +40,7 @@ from cifar_fastai.data import Cifar10
 from cifar_fastai.ema import EMA
 from cifar_fastai.learner import cifar_learner
 from cifar_fastai.loaders import cifar_dls
+from cifar_fastai.machine import cpu_name
 from cifar_fastai.models import resnet18
 from cifar_fastai.precision import DTYPES, resolve_precision
 from cifar_fastai.run import RunConfig
@@ -323,9 +324,9 @@ def hardware() -> str:
     "CPU model, its bf16 instructions, cores and library versions, for the benchmark table"
     info = Path('/proc/cpuinfo').read_text() if Path('/proc/cpuinfo').exists() else ''
     fields = {k.strip(): v for k, v in (l.split(':', 1) for l in info.splitlines() if ':' in l)}
-    model, cores = fields.get('model name', platform.processor()).strip(), fields.get('cpu cores', '?').strip()
+    cores = fields.get('cpu cores', '?').strip()
     flags = [f for f in ('avx512_bf16', 'amx_bf16') if f in fields.get('flags', '').split()]
-    return (f"{model} ({', '.join(flags) or 'no bf16 instructions'}), {os.cpu_count()} logical CPUs, {cores} cores; "
+    return (f"{cpu_name()} ({', '.join(flags) or 'no bf16 instructions'}), {os.cpu_count()} logical CPUs, {cores} cores; "
             f"torch {torch.__version__}, fastai {fastai.__version__}, albumentations {A.__version__}, "
             f"OpenCV {cv2.__version__}, Python {platform.python_version()}")
 

@@ -9,7 +9,8 @@ import torch
 
 from cifar_fastai import cli
 from cifar_fastai.callbacks import read_metrics
-from cifar_fastai.checkpoint import CHECKPOINT, load_checkpoint
+from cifar_fastai.checkpoint import load_checkpoint
+from cifar_fastai.layout import CHECKPOINT
 from tests.helpers import tiny_models
 from tests.test_data import write_folders
 

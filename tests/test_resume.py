@@ -13,7 +13,8 @@ from fastai.callback.core import Callback
 
 from cifar_fastai import io
 from cifar_fastai.callbacks import read_metrics
-from cifar_fastai.checkpoint import CHECKPOINT, load_checkpoint
+from cifar_fastai.checkpoint import load_checkpoint
+from cifar_fastai.layout import CHECKPOINT
 from cifar_fastai.errors import ConfigError, RunFileError
 from cifar_fastai.run import RunConfig, train
 from tests.helpers import InterruptAfter, NanFrom, tiny_models
