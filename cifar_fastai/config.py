@@ -7,13 +7,14 @@ from pathlib import Path
 from fastai.callback.schedule import minimum, slide, steep, valley
 
 from cifar_fastai.errors import ConfigError, RunFileError
+from cifar_fastai.io import atomic_write
 from cifar_fastai.layout import CONFIG
 from cifar_fastai.learner import WD_MODES
 from cifar_fastai.precision import PRECISIONS
 from cifar_fastai.recipe import ONE_CYCLE_SWING, WarmupAnneal, budget_defaults
 
 __all__ = ['SCHEDULES', 'LR_SUGGESTIONS', 'CONFIG', 'CONFIG_FORMAT', 'ADDED_LATER', 'RESUME_CHANGES',
-           'RunConfig', 'ConfigError', 'read_config', 'saved_config', 'check_resume', 'resume_changes']
+           'RunConfig', 'ConfigError', 'read_config', 'write_record', 'saved_config', 'check_resume', 'resume_changes']
 
 SCHEDULES = ('plateau', 'one-cycle', 'linear')
 # fastai's suggestion rules; 'minimum' (a tenth of the lowest-loss rate) is the default: on full CIFAR-10 with
@@ -155,6 +156,11 @@ def read_config(run) -> dict:
     try: return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RunFileError(f"{path} is not valid JSON ({e}); {_FIX}") from None
+
+
+def write_record(run, record: dict):
+    "Write `record`, the options of a run and what it found, as run folder `run`'s `config.json`"
+    with atomic_write(Path(run) / CONFIG, 'w') as f: json.dump(record, f, indent=2)
 
 
 def saved_config(run) -> tuple[RunConfig, dict]:

@@ -1,38 +1,31 @@
 "A training run as a folder: configuration, learning-rate finder, fit with checkpoints, weights, export"
-import json
 import math
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import NamedTuple
 
 from fastai.learner import Learner
 from fastai.torch_core import num_distrib, rank_distrib
 from fastcore.basics import noop
 
-from cifar_fastai.callbacks import write_metrics
-from cifar_fastai.checkpoint import (Checkpoint, SkipBatches, SkipEpochs, load_checkpoint,
-                                     restore_checkpoint, stop_after_batch)
+from cifar_fastai.checkpoint import Checkpoint, SkipBatches, SkipEpochs, stop_after_batch
 from cifar_fastai.collective import on_main
-from cifar_fastai.config import (CONFIG_FORMAT, RESUME_CHANGES, SCHEDULES, ConfigError, RunConfig, check_resume,
-                                 read_config, saved_config)
+from cifar_fastai.config import CONFIG_FORMAT, SCHEDULES, ConfigError, RunConfig, read_config, write_record
 from cifar_fastai.data import Source, read_cifar10
 from cifar_fastai.ema import EMA
 from cifar_fastai.expected import expectation
-from cifar_fastai.io import atomic_save, atomic_write, ensure_writable_dir, remove_temporaries
-from cifar_fastai.layout import CHECKPOINT, CONFIG, EXPORT, LR_PLOT, METRICS, WEIGHTS
+from cifar_fastai.io import atomic_save, ensure_writable_dir, remove_temporaries
+from cifar_fastai.layout import CONFIG, EXPORT, LR_PLOT, METRICS, WEIGHTS
 from cifar_fastai.learner import cifar_learner
 from cifar_fastai.loaders import cifar_dls, ds_idx_of_test
 from cifar_fastai.machine import versions
 from cifar_fastai.rangetest import find_lr, lr_find_length
 from cifar_fastai.recipe import WarmupAnneal, one_cycle_moms
+from cifar_fastai.resume import Saved, restore, saved_run, set_floor
 from cifar_fastai.transforms import cifar_augs
 
 __all__ = ['SCHEDULES', 'RunConfig', 'ConfigError', 'train', 'find_lr', 'lr_find_length', 'run_dls', 'run_learner',
            'read_config', 'recorded_data']
-
-PLATEAU_FLOOR = 1e-3  # the plateau's default floor, times the starting rate: three cuts by 0.1
-
 
 def recorded_data(record: dict) -> str | None:
     "The `--data` that reads a run's data again, from its `config.json` `record`: the source it found if it searched"
@@ -74,11 +67,7 @@ def _write_config(run: Path, config: RunConfig, learn: Learner, lr: float, dls, 
               'classes': list(dls.vocab), 'n_train': len(dls.train_ds),
               'n_valid': len(dls.valid_ds) if config.valid_pct else 0, 'n_test': len(dls[ds_idx_of_test(dls)].dataset),
               'processes': max(num_distrib(), 1), **versions(), 'format': CONFIG_FORMAT}
-    _write_record(run, record)
-
-
-def _write_record(run: Path, record: dict):
-    with atomic_write(run / CONFIG, 'w') as f: json.dump(record, f, indent=2)
+    write_record(run, record)
 
 
 def _launch(config: RunConfig, out):
@@ -113,66 +102,6 @@ def _save_final(learn: Learner, run: Path):
     learn.export(EXPORT)  # fastai writes it under `learn.path`, which is `run`
 
 
-class _Saved(NamedTuple):
-    "What a run folder holds to go on from: its options, all its `config.json`, its last checkpoint (None before one)"
-    config: RunConfig
-    record: dict
-    state: dict | None
-    written: RunConfig  # the options as `config.json` gives them, before this resume's changes
-
-    @property
-    def partial(self) -> dict | None:
-        "Where the checkpoint stopped inside its next epoch ('batch', 'record' so far); None at an epoch's end"
-        return (self.state or {}).get('partial')
-
-
-def _saved_run(run: Path, config: RunConfig | None) -> _Saved:
-    "The run in `run`, to go on with `config` (None: as saved), every file checked before anything is written"
-    saved, record = saved_config(run)
-    config = saved if config is None else check_resume(saved, config)
-    state = load_checkpoint(run) if (run / CHECKPOINT).exists() else None
-    found = _Saved(config, record, state, saved)
-    if state and config.epochs < state['epoch'] + bool(found.partial):  # a partial epoch is the next one under way
-        trained = f"is inside epoch {state['epoch'] + 1}" if found.partial else f"has trained {state['epoch']} epochs"
-        raise ConfigError(f"--epochs {config.epochs}: {run} {trained} already; leave --epochs out to finish it, "
-                          f"or give more")
-    return found
-
-
-def _resume(learn: Learner, run: Path, saved: _Saved, log) -> tuple:
-    "Put `saved`'s checkpoint into `learn` (none: start again as saved), and `run`'s files in agreement with it"
-    config, state = saved.config, saved.state
-    done = restore_checkpoint(learn, state, run / CHECKPOINT) if state else 0
-    _set_floor(learn, config, saved.record['lr_used'])
-    if not rank_distrib(): _tidy(run, learn.epoch_record.rows, saved)
-    longer = f" (extended from {saved.record['epochs']}" if config.epochs != saved.record['epochs'] else ''
-    if longer and (config.warmup or config.anneal):  # shares of the steps: of the new length from now on
-        longer += f"; its warm-up and final decay now span {config.epochs} epochs, from the plateau's rate"
-    longer += ')' if longer else ''
-    inside = f" and {saved.partial['batch']} batches of epoch {done + 1}" if saved.partial else ''
-    log(f"Resuming {run} after epoch {done} of {config.epochs}{longer}{inside}" if state else
-        f"{run} has no complete epoch: starting it again with its saved options and learning rate")
-    if state is None or config.schedule == 'one-cycle': return done, saved.record['lr_used']
-    return done, [h['lr'] for h in learn.opt.hypers]
-
-
-def _set_floor(learn: Learner, config: RunConfig, start: float):
-    "The plateau's lowest rate: `--plateau-min-lr`, or `PLATEAU_FLOOR` times the starting rate `start`"
-    floor = config.plateau_min_lr
-    learn.reduce_lr_on_plateau.min_lr = PLATEAU_FLOOR * start if floor is None else floor
-
-
-def _tidy(run: Path, rows: list, saved: _Saved):
-    "Make the files of `run` agree with the checkpoint it goes on from: no temporaries, its epochs' metrics and options"
-    remove_temporaries(run)
-    if rows: write_metrics(run / METRICS, rows)
-    else: (run / METRICS).unlink(missing_ok=True)  # epochs recorded after the last checkpoint are trained again
-    # an option newer than the run reads as what the run did without it (`ADDED_LATER`): unchanged, not written
-    now, was = saved.config, saved.written
-    changed = {k: getattr(now, k) for k in RESUME_CHANGES if getattr(was, k) != getattr(now, k)}
-    if changed: _write_record(run, saved.record | changed)
-
-
 def _plan(epochs: int, done: int, partial: dict | None) -> str:
     "What a fit has left: '20 epochs' from the start, 'epochs 16 to 20 (16 from its batch 234)' inside a resumed one"
     if not done and not partial: return f"{epochs} epochs"
@@ -204,7 +133,7 @@ def _start(learn: Learner, run: Path, config: RunConfig, parallel, log) -> tuple
     if before: log(before)  # what the user can expect, before the range test's minutes
     found = _find_lr_on_main(learn, run, config, parallel) if config.lr == 'find' else None
     lr = found['lr'] if found else float(config.lr)
-    _set_floor(learn, config, lr)
+    set_floor(learn, config, lr)
     if found: log(f"lr_find suggests {found[config.lr_suggestion]:.3g} ({config.lr_suggestion}); training at "
                   f"{config.lr_mult:g} x that = {lr:.3g}; plot in {run / LR_PLOT}")
     if not rank_distrib(): _write_config(run, config, learn, lr, learn.dls, found)
@@ -226,7 +155,7 @@ def _quiet(learn: Learner) -> ExitStack:
     return stack
 
 
-def _learner(config: RunConfig, run: Path, saved: _Saved | None, progress: bool, log) -> Learner:
+def _learner(config: RunConfig, run: Path, saved: Saved | None, progress: bool, log) -> Learner:
     "The `Learner` of `config` in `run`, on the data a resumed run read; a `log` line per epoch unless `progress`"
     dls = run_dls(config, data=recorded_data(saved.record) if saved else None, progress=progress)
     held_out = f", {len(dls.valid_ds)} held out to validate" if config.valid_pct else ''
@@ -241,7 +170,7 @@ def train(config: RunConfig | None, out, resume: bool = False, cbs=None, log=pri
     "Train as `config` says in run folder `out`, or go on with the run in `out` when `resume`; return the `Learner`"
     # resume: `config` None goes on as the run was saved, else it may differ from it in `RESUME_CHANGES` alone
     # progress=False: no fastai bars (a log file would get every update), a `log` line per epoch instead
-    saved = _saved_run(Path(out), config) if resume else None
+    saved = saved_run(Path(out), config) if resume else None
     config = (saved.config if saved else config).check()
     parallel, out = _launch(config, out)
     main = not rank_distrib()  # only rank 0 of a data-parallel run writes and logs
@@ -252,7 +181,7 @@ def train(config: RunConfig | None, out, resume: bool = False, cbs=None, log=pri
     with _unmade_if_empty(run, made), parallel.peer_failures() if parallel else nullcontext():
         learn = _learner(config, run, saved, progress, log)
         with nullcontext() if progress else _quiet(learn):
-            done, lr = _resume(learn, run, saved, log) if resume else _start(learn, run, config, parallel, log)
+            done, lr = restore(learn, run, saved, log) if resume else _start(learn, run, config, parallel, log)
             partial = saved.partial if resume else None
             plan = _plan(config.epochs, done, partial)
             log(f"Training {plan}, precision {learn.precision}, schedule {config.schedule}")

@@ -26,7 +26,7 @@ def _learner(dtype=torch.float32):
                          ema=EMA(0.9, 1), plateau=dict(factor=0.5, patience=0, threshold=100, threshold_mode='abs'))
 
 
-def test_a_checkpoint_written_before_issue_15_resumes_where_its_run_went():
+def test_a_checkpoint_of_the_older_layout_resumes_where_its_run_went():
     state = load_checkpoint(FIXTURE)
     assert len(state['rng']['augs']) == 6  # the numpy and Python generators of Compose, HorizontalFlip, CoarseDropout
     learn = _learner()

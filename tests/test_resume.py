@@ -38,6 +38,7 @@ def _config(**kw):
 
 @pytest.mark.usefixtures('tiny')
 @pytest.mark.parametrize('schedule,options', [('plateau', dict(ema=0.)), ('one-cycle', dict(ema=0.)),
+                                             ('linear', dict(ema=0., nesterov=True)),
                                              ('plateau', dict(ema=0.9, ema_every=3)),
                                              ('plateau', dict(ema=0., precision='fp16'))])
 def test_resume_gives_the_weights_and_lrs_of_an_uninterrupted_run(tmp_path, schedule, options):
@@ -74,7 +75,8 @@ def _interrupt(): raise KeyboardInterrupt
 
 
 @pytest.mark.usefixtures('tiny')
-@pytest.mark.parametrize('schedule,ema', [('plateau', dict(ema=0.)), ('one-cycle', dict(ema=0.9, ema_every=3))])
+@pytest.mark.parametrize('schedule,ema', [('plateau', dict(ema=0.)), ('one-cycle', dict(ema=0.9, ema_every=3)),
+                                         ('linear', dict(ema=0.))])
 def test_a_run_stopped_inside_an_epoch_resumes_from_its_last_batch_as_if_never_stopped(tmp_path, schedule, ema):
     config = lambda: _config(schedule=schedule, save_every=1e-9, **ema)  # a checkpoint after every batch
     full = train(config(), tmp_path / 'full', **quiet)
