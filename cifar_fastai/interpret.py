@@ -158,7 +158,11 @@ def plot_gradcam(learn: Learner, p: Predictions, idxs, layers=STAGES, path=None,
 class PredictionsInterpretation(ClassificationInterpretation):
     "fastai's `ClassificationInterpretation` of `Predictions` already made: the test set is not predicted again"
     def __init__(self, learn: Learner, p: Predictions, dl=None):
-        dl = dl if dl is not None else learn.dls.valid.new(shuffle=False, drop_last=False)
+        # dl: the loader `p` was predicted on; by default `predict`'s, the test split (`dls[2]` beside a held-out one)
+        dl = dl if dl is not None else learn.dls[ds_idx_of_test(learn.dls)].new(shuffle=False, drop_last=False)
+        if len(dl.dataset) != len(p.targets):
+            raise ValueError(f"`dl` has {len(dl.dataset)} images but `p` predicts {len(p.targets)}: "
+                             "pass the loader that `p` was predicted on")
         # cross-entropy from the probabilities: what `CrossEntropyLossFlat` gives on the logits
         losses = F.nll_loss(p.probs.clamp_min(1e-12).log(), p.targets, reduction='none')
         super().__init__(learn, dl, losses)

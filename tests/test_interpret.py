@@ -15,6 +15,8 @@ from cifar_fastai.interpret import (STAGES, PredictionsInterpretation, as_batch,
                                     plot_top_losses, top_mistakes)
 from cifar_fastai.loaders import cifar_dls, ds_idx_of_test
 from cifar_fastai.plots import plot_augmentations, plot_curves
+from cifar_fastai.report import accuracy_markdown, interpret_run
+from cifar_fastai.run import RunConfig, train
 
 
 def hand_predictions(probs, targets, classes=('a', 'b', 'c')) -> Predictions:
@@ -29,6 +31,16 @@ HAND = dict(probs=[[.8, .1, .1], [.3, .6, .1], [.2, .7, .1], [.1, .5, .4], [.9, 
 @pytest.fixture(scope='module')
 def preds(sample_run):
     return predict(sample_run[0])
+
+
+@pytest.fixture(scope='module')
+def held_out_run(tmp_path_factory):
+    "A 2-epoch run on the sample with a fifth of train held out to validate on, interpreted: (learn, run folder)"
+    run = tmp_path_factory.mktemp('held_out') / 'run'
+    config = RunConfig(data='sample', valid_pct=0.2, epochs=2, bs=64, lr=0.01, ema=0., interpret=False)
+    learn = train(config, run, log=lambda *a: None, progress=False)
+    interpret_run(learn, run, k=4, faithfulness_images=2, faithfulness_steps=2)
+    return learn, run
 
 
 def test_class_accuracy_of_a_hand_computed_case():
@@ -74,9 +86,14 @@ def test_predictions_are_in_test_array_order(sample_run, preds):
     assert preds.targets.tolist() == sample_run[0].dls.data.test_y.tolist()
 
 
+def png_pixels(path) -> np.ndarray:
+    with Image.open(path) as im: return np.asarray(im.convert('RGB'))
+
+
 def check_png(fig, path):
+    "`fig` came back and `path` holds a drawing, not a blank page"
     assert isinstance(fig, Figure)
-    with Image.open(path) as im: assert im.size[0] > 0 and im.size[1] > 0
+    assert len(np.unique(png_pixels(path).reshape(-1, 3), axis=0)) > 16  # more colours than background and text
 
 
 def test_misclassified_grid_titles_each_image_true_predicted_probability(sample_run, preds, tmp_path):
@@ -84,8 +101,8 @@ def test_misclassified_grid_titles_each_image_true_predicted_probability(sample_
     fig = plot_misclassified(learn, preds, idxs, tmp_path / 'm.png')
     check_png(fig, tmp_path / 'm.png')
     assert len(fig.axes) == 25
-    i, y = 7, int(preds.preds[7])
-    assert fig.axes[7].get_title() == f'{preds.classes[int(preds.targets[7])]}/{preds.classes[y]} ({preds.probs[7, y]:.2f})'
+    t, y = int(preds.targets[7]), int(preds.preds[7])
+    assert fig.axes[7].get_title() == f'{preds.classes[t]}/{preds.classes[y]} ({preds.probs[7, y]:.2f})'
     assert np.array_equal(fig.axes[7].images[0].get_array(), learn.dls.data.test_x[7])  # raw uint8 test image
 
 
@@ -112,21 +129,70 @@ def test_faithfulness_of_test_images_scores_every_method_and_random_maps_per_sta
     with pytest.raises(ValueError, match='test images'): measure_faithfulness(sample_run[0], preds, n=0)
 
 
-def test_interpretation_reuses_predictions_and_matches_fastai(sample_run, preds):
+@pytest.mark.parametrize('run', ['sample_run', 'held_out_run'])  # the test split is dls[1], or dls[2]
+def test_interpretation_reuses_predictions_and_matches_fastai_on_the_test_split(run, request):
     from fastai.interpret import ClassificationInterpretation
-    learn = sample_run[0]
-    ours = PredictionsInterpretation(learn, preds)
-    fastai = ClassificationInterpretation.from_learner(learn)  # our fit-only callbacks stay out of its get_preds
+    learn = request.getfixturevalue(run)[0]
+    ours = PredictionsInterpretation(learn, predict(learn))
+    # fastai predicts the test split again, our fit-only callbacks staying out of its get_preds
+    fastai = ClassificationInterpretation.from_learner(learn, ds_idx=ds_idx_of_test(learn.dls))
     assert np.array_equal(ours.confusion_matrix(), fastai.confusion_matrix())
     assert torch.allclose(ours.losses, fastai.losses.float(), atol=1e-3)
 
 
-@pytest.mark.parametrize('plot, n_axes', [(lambda i, p: plot_confusion_matrix(i, p), 1),
-                                          (lambda i, p: plot_top_losses(i, 4, p), 4)])
-def test_fastai_plots_come_back_as_figures(sample_run, preds, tmp_path, plot, n_axes):
-    fig = plot(PredictionsInterpretation(sample_run[0], preds), tmp_path / 'f.png')
-    check_png(fig, tmp_path / 'f.png')
-    assert len([ax for ax in fig.axes if ax.get_visible()]) == n_axes
+def test_interpretation_refuses_a_loader_that_the_predictions_were_not_made_on(held_out_run):
+    learn = held_out_run[0]
+    with pytest.raises(ValueError, match='100 images but `p` predicts 200'):
+        PredictionsInterpretation(learn, predict(learn), dl=learn.dls.valid)  # the held-out split
+
+
+def test_confusion_matrix_counts_test_images_by_actual_row_and_predicted_column(sample_run, preds, tmp_path):
+    fig = plot_confusion_matrix(PredictionsInterpretation(sample_run[0], preds), tmp_path / 'cm.png')
+    check_png(fig, tmp_path / 'cm.png')
+    ax, = [ax for ax in fig.axes if ax.get_visible()]
+    counts = np.zeros((10, 10), dtype=int)
+    for t, y in zip(preds.targets.tolist(), preds.preds.tolist()): counts[t, y] += 1
+    cells = {(round(t.get_position()[1]), round(t.get_position()[0])): int(t.get_text()) for t in ax.texts}
+    assert cells == {(i, j): counts[i, j] for i in range(10) for j in range(10)}
+    assert ax.get_title() == 'Confusion matrix, 200 test images'
+    assert [t.get_text() for t in ax.get_yticklabels()] == list(sample_run[0].dls.data.classes)
+
+
+@pytest.mark.parametrize('run', ['sample_run', 'held_out_run'])
+def test_top_losses_show_the_test_images_of_largest_loss_titled_with_their_test_labels(run, request, tmp_path):
+    learn = request.getfixturevalue(run)[0]
+    data, p = learn.dls.data, predict(learn)
+    interp = PredictionsInterpretation(learn, p)
+    n_train = len(data.train_y)  # items index the training images, then the test images
+    assert list(interp.dl.items) == list(range(n_train, n_train + len(data.test_y)))
+    fig = plot_top_losses(interp, 4, tmp_path / 'top.png')
+    check_png(fig, tmp_path / 'top.png')
+    losses, idxs = interp.top_losses(4)
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(shown) == 4
+    for ax, i, loss in zip(shown, idxs.tolist(), losses.tolist(), strict=True):
+        names, shown_loss, probability = ax.get_title().split(' / ')  # predicted/actual / loss / probability
+        assert names == f'{data.classes[int(p.preds[i])]}/{data.classes[data.test_y[i]]}'
+        assert shown_loss == f'{loss:.2f}' and float(probability) == pytest.approx(p.probs[i].max().item(), abs=0.006)
+        assert loss == pytest.approx(-math.log(p.probs[i, data.test_y[i]].item()), rel=1e-4)
+        # decoded from the normalised floats: a pixel may come back 1 lower
+        difference = ax.images[0].get_array().astype(int) - data.test_x[i]
+        assert difference.min() >= -1 and difference.max() <= 0
+
+
+def test_a_held_out_run_reports_on_the_test_split(held_out_run, tmp_path):
+    learn, run = held_out_run
+    p = predict(learn)
+    report = (run / 'report.md').read_text()
+    assert '100 training images (20% of each class) were held out to validate on' in report
+    assert accuracy_markdown(p) in report and 'of the 200 test images' in report
+    assert '![test images with the largest loss](top_losses.png)' in report
+    # the run's pictures are these, drawn from the predictions of the test split
+    interp = PredictionsInterpretation(learn, p)
+    plot_top_losses(interp, path=tmp_path / 'top_losses.png')
+    plot_misclassified(learn, p, top_mistakes(p, 4), tmp_path / 'misclassified.png')
+    for name in ('top_losses.png', 'misclassified.png'):
+        assert np.array_equal(png_pixels(run / name), png_pixels(tmp_path / name)), name
 
 
 def test_curves_plot_accuracy_loss_and_log_lr_from_a_metrics_csv(tmp_path):

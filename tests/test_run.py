@@ -2,6 +2,7 @@
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 from fastai.learner import load_learner
@@ -10,16 +11,23 @@ from fastai.vision.core import PILImage
 from cifar_fastai import cli
 from cifar_fastai.callbacks import format_row, read_metrics, time_left
 from cifar_fastai.data import read_cifar10
-from cifar_fastai.evaluate import predict
+from cifar_fastai.evaluate import load_run, predict
+from cifar_fastai.interpret import plot_misclassified, top_mistakes
 from cifar_fastai.models import resnet18
 from cifar_fastai.run import RunConfig, _plan, train
 from tests.test_data import write_folders
+from tests.test_interpret import png_pixels
 
 
 def test_a_run_writes_every_file(sample_run):
     _, run = sample_run
     for name in ('config.json', 'metrics.csv', 'lr_find.png', 'model.pth', 'export.pkl', 'checkpoint.pth'):
         assert (run / name).is_file() and (run / name).stat().st_size > 0, name
+    checkpoint = torch.load(run / 'checkpoint.pth', weights_only=True)
+    assert checkpoint['epoch'] == 2 and checkpoint['partial'] is None  # both epochs, none left half done
+    for saved, written in zip(checkpoint['rows'], read_metrics(run / 'metrics.csv'), strict=True):
+        assert written == pytest.approx(saved, rel=1e-5)  # the csv keeps 6 digits
+    assert len(np.unique(png_pixels(run / 'lr_find.png').reshape(-1, 3), axis=0)) > 16  # a plot, not a blank page
 
 
 def test_config_records_the_options_the_found_lr_and_versions(sample_run):
@@ -51,7 +59,8 @@ def test_weights_are_a_plain_state_dict_that_reproduces_the_test_accuracy(sample
     _, run = sample_run
     model = resnet18()
     model.load_state_dict(torch.load(run / 'model.pth', weights_only=True))
-    data, mean, std = read_cifar10('sample'), torch.tensor([0.4914, 0.4822, 0.4465]), torch.tensor([0.2470, 0.2435, 0.2616])
+    data = read_cifar10('sample')
+    mean, std = torch.tensor([0.4914, 0.4822, 0.4465]), torch.tensor([0.2470, 0.2435, 0.2616])
     x = (torch.from_numpy(data.test_x).float() / 255 - mean) / std
     with torch.no_grad(): preds = model.eval()(x.permute(0, 3, 1, 2)).argmax(1)
     accuracy = (preds == torch.from_numpy(data.test_y)).float().mean().item()
@@ -79,6 +88,10 @@ def test_gradcam_into_a_file_prints_only_the_paths_it_wrote(sample_run, tmp_path
     written = ('misclassified.png', 'gradcam.png', 'faithfulness.md')  # no report.md here to update
     assert capsys.readouterr().out.splitlines() == [f'wrote {copy / n}' for n in written]  # captured: not a terminal
     assert '| layer1 | LayerCAM |' in (copy / 'faithfulness.md').read_text()
+    learn = load_run(copy)
+    p = predict(learn)  # the grid of the 25 most confident mistakes among the test images
+    plot_misclassified(learn, p, top_mistakes(p, 25), tmp_path / 'misclassified.png')
+    assert np.array_equal(png_pixels(copy / 'misclassified.png'), png_pixels(tmp_path / 'misclassified.png'))
 
 
 def test_evaluate_prints_per_class_and_overall_accuracy(sample_run, capsys):
@@ -103,7 +116,8 @@ def test_evaluate_tta_prints_the_accuracy_of_the_averaged_prediction(sample_run,
     (['train', '--precision', 'fp8'], '--precision'), (['train', '--schedule', 'cosine'], '--schedule'),
     (['train', '--label-smoothing', '1'], '--label-smoothing'),
     (['train', '--plateau-patience', '-1'], '--plateau-patience'),
-    (['train', '--ema', '1'], '--ema'), (['train', '--ema', '-0.5'], '--ema'), (['train', '--ema-every', '0'], '--ema-every'),
+    (['train', '--ema', '1'], '--ema'), (['train', '--ema', '-0.5'], '--ema'),
+    (['train', '--ema-every', '0'], '--ema-every'),
     (['train', '--valid-pct', '1'], '--valid-pct'), (['train', '--anneal', '1.5'], '--anneal'),
     (['train', '--warmup', '0.6', '--anneal', '0.6'], '--warmup'),
     (['train', '--lr-find-iters', '0'], '--lr-find-iters'), (['train', '--lr-mult', '0'], '--lr-mult'),
