@@ -1,13 +1,16 @@
 "Specifications of the report: every picture in the run folder, and a report.md that carries the run's numbers"
+import csv
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy import stats
 
-from cifar_fastai.callbacks import read_metrics, write_metrics
-from cifar_fastai.evaluate import Predictions, class_accuracy, predict
+from cifar_fastai.callbacks import write_metrics
+from cifar_fastai.evaluate import Predictions, predict
 from cifar_fastai.interpret import STAGES, measure_faithfulness
 from cifar_fastai.report import (FAITHFULNESS, PICTURES, REPORT, accuracy_markdown, faithfulness_markdown, gradcam_run,
                                  interpret_run, write_report)
@@ -31,30 +34,57 @@ def test_interpret_run_writes_every_picture_the_faithfulness_table_then_the_repo
         with Image.open(p) as im: assert im.format == 'PNG' and min(im.size) > 100
 
 
+_MEAN_SE = r'(-?\d+\.\d{3}) ± (\d+\.\d{3})'
+
+
+def _faithfulness_rows(text: str) -> dict:
+    "{(stage, method): [deletion, insertion, insertion - deletion] as (mean, standard error)} read from `text`"
+    found = re.findall(rf'^\| (layer\d) \| ([^|]+) \| {_MEAN_SE} \| {_MEAN_SE} \| {_MEAN_SE} \|$', text, re.M)
+    return {(layer, name): [(float(m), float(se)) for m, se in zip(nums[::2], nums[1::2])]
+            for layer, name, *nums in found}
+
+
 def test_report_carries_the_faithfulness_of_each_method_and_random_maps_at_each_stage(reported):
     learn, run, _, text = reported
-    rows = measure_faithfulness(learn, predict(learn), n=3, steps=2)
+    rows = measure_faithfulness(learn, predict(learn), n=3, steps=2)  # the raw scores of each image, as the run drew
     names = {'gradcam': 'Grad-CAM', 'layercam': 'LayerCAM', 'gradcam++': 'Grad-CAM++', 'random': 'random maps'}
-    assert len(rows) == 4 * len(STAGES)
+    table = _faithfulness_rows(text)
+    assert len(rows) == len(table) == 4 * len(STAGES)
     for r in rows:
-        name, d, i = names[r['method']], r['deletion'], r['insertion']
-        assert f"| {r['layer']} | {name} | {d.mean():.3f} ± {d.std() / 3 ** .5:.3f} | {i.mean():.3f} ± " in text
+        deletion, insertion = r['deletion'].double().numpy(), r['insertion'].double().numpy()
+        assert len(deletion) == 3
+        for (mean, se), scores in zip(table[r['layer'], names[r['method']]],
+                                      [deletion, insertion, insertion - deletion]):
+            # numpy's mean and scipy's standard error of the mean (n - 1 in the variance), to the 3 decimals shown
+            assert mean == pytest.approx(np.mean(scores), abs=5e-4 + 1e-9), (r['layer'], r['method'])
+            assert se == pytest.approx(stats.sem(scores), abs=5e-4 + 1e-9), (r['layer'], r['method'])
     assert (run / FAITHFULNESS).read_text().strip() in text and 'on 3 test images' in text
 
 
 def test_report_has_the_per_class_table_with_the_ten_classes(reported):
     learn, _, _, text = reported
-    for c, a in class_accuracy(predict(learn)).items():
-        assert re.search(rf'^\| {c} \| 20 \| \d+ \| {100 * a:.2f} % \|$', text, re.M), c
+    p = predict(learn)
+    preds, targets = p.probs.numpy().argmax(axis=1), p.targets.numpy()
     assert len(learn.dls.vocab) == 10
+    for i, c in enumerate(learn.dls.vocab):
+        n, correct = np.sum(targets == i), np.sum((preds == i) & (targets == i))
+        assert n == 20 and f'| {c} | 20 | {correct} | {100 * correct / 20:.2f} % |' in text, c
+    correct = np.sum(preds == targets)
+    assert f'| **all** | 200 | {correct} | **{100 * correct / 200:.2f} %** |' in text
+
+
+def _metrics_csv(path) -> list:
+    "The rows of metrics.csv read with the csv module, numbers as floats"
+    with open(path, newline='') as f: return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
 
 
 def test_report_carries_the_accuracies_of_metrics_csv(reported):
     _, run, _, text = reported
-    rows = read_metrics(run / 'metrics.csv')
-    for r in rows: assert f"| {r['epoch']} | {r['train_loss']:.4f} | {100 * r['train_accuracy']:.2f} % |" in text
-    best = max(rows, key=lambda r: r['test_accuracy'])
-    assert (f"| best test accuracy | {best['epoch']} | {100 * best['train_accuracy']:.2f} % "
+    rows = _metrics_csv(run / 'metrics.csv')
+    assert len(rows) == 2  # the sample run's 2 epochs
+    for r in rows: assert f"| {r['epoch']:.0f} | {r['train_loss']:.4f} | {100 * r['train_accuracy']:.2f} % |" in text
+    best = rows[0] if rows[0]['test_accuracy'] >= rows[1]['test_accuracy'] else rows[1]  # a tie: the first
+    assert (f"| best test accuracy | {best['epoch']:.0f} | {100 * best['train_accuracy']:.2f} % "
             f"| {100 * best['test_accuracy']:.2f} % |") in text
     assert f"| 1 | 58.58 % | {100 * rows[0]['test_accuracy']:.2f} % |" in text and '| 5 | 82.56 % | not run |' in text
 
@@ -130,29 +160,43 @@ def test_report_gives_each_epochs_flip_tta_accuracy_when_the_run_recorded_it(tmp
     write_metrics(folder / 'metrics.csv', [
         dict(epoch=e, train_loss=1., train_accuracy=.5, test_loss=1., test_accuracy=.1 * e,
              test_tta_accuracy=.1 * e + .005, lr=.01, seconds=2.) for e in (1, 2)])
-    text = write_report(folder, Predictions(torch.eye(3)[[0, 1, 2]], torch.tensor([0, 1, 2]), ['a', 'b', 'c'])).read_text()
+    p = Predictions(torch.eye(3)[[0, 1, 2]], torch.tensor([0, 1, 2]), ['a', 'b', 'c'])
+    text = write_report(folder, p).read_text()
     assert '| test accuracy | with flip TTA | learning rate |' in text
     assert '| 2 | 1.0000 | 50.00 % | 1.0000 | 20.00 % | 20.50 % | 0.01 | 2.0 |' in text
+
+
+def test_summary_names_the_epochs_of_the_best_test_and_the_best_train_accuracy(tmp_path):
+    folder = small_run(tmp_path, dict(lr=0.05, found_lr=None, lr_used=0.05))
+    write_metrics(folder / 'metrics.csv', [  # test accuracy best at epoch 1, train accuracy at epoch 3, the last
+        dict(epoch=e, train_loss=1., train_accuracy=train, test_loss=2., test_accuracy=test, lr=.01, seconds=2.)
+        for e, train, test in [(1, .6, .3), (2, .8, .25), (3, .9, .2)]])
+    text = write_report(folder, Predictions(torch.eye(2), torch.tensor([0, 1]), ['a', 'b'])).read_text()
+    assert '| best test accuracy | 1 | 60.00 % | 30.00 % | 1.0000 | 2.0000 |' in text
+    assert '| best train accuracy | 3 | 90.00 % | 20.00 % | 1.0000 | 2.0000 |' in text
+    assert '| final | 3 | 90.00 % | 20.00 % | 1.0000 | 2.0000 |' in text
 
 
 def test_accuracy_markdown_of_a_hand_computed_case():
     p = Predictions(torch.eye(3)[[0, 1, 2, 0]], torch.tensor([0, 1, 2, 1]), ['cat', 'dog', 'frog'])
     assert accuracy_markdown(p).splitlines()[2:] == ['| cat | 1 | 1 | 100.00 % |', '| dog | 2 | 1 | 50.00 % |',
-                                                     '| frog | 1 | 1 | 100.00 % |', '| **all** | 4 | 3 | **75.00 %** |']
+                                                     '| frog | 1 | 1 | 100.00 % |',
+                                                     '| **all** | 4 | 3 | **75.00 %** |']
 
 
-@pytest.mark.parametrize('pad,text', [(0, 'no crop, horizontal flip True'), (4, 'pad 4 (reflect) + random 32x32 crop')])
+@pytest.mark.parametrize('pad,text', [(0, 'no crop, horizontal flip True'),
+                                      (4, 'pad 4 (reflect) + random 32x32 crop')])
 def test_configuration_table_names_the_crop_label_smoothing_and_weight_average(pad, text):
-    from cifar_fastai.report import _configuration
-    table = _configuration(dict(pad=pad, flip=True, cutout=16, cutout_p=0.5, label_smoothing=0.1, ema=0.998, ema_every=4,
-                                schedule='plateau'))
+    from cifar_fastai.report_md import _configuration
+    table = _configuration(dict(pad=pad, flip=True, cutout=16, cutout_p=0.5, label_smoothing=0.1, ema=0.998,
+                                ema_every=4, schedule='plateau'))
     assert text in table and '| label smoothing | 0.1 |' in table
     assert '| weight average | EMA, decay 0.998 per step, updated every 4 steps' in table
     assert '| weight average | none |' in _configuration(dict(pad=pad, ema=0.))
 
 
 def test_configuration_table_gives_the_plateau_floor_the_run_used():
-    from cifar_fastai.report import _configuration
+    from cifar_fastai.report_md import _configuration
     table = _configuration(dict(schedule='plateau', plateau_factor=0.1, plateau_min_lr=None, plateau_min_lr_used=5e-6))
     assert ('ReduceLROnPlateau on test loss: factor 0.1, patience n/a, threshold n/a, cooldown n/a, min_lr 5e-06'
             in table)
@@ -174,12 +218,12 @@ PLATEAU = dict(schedule='plateau', epochs=6, plateau_factor=0.1, plateau_patienc
     # a cut due after the last epoch changes no epoch's rate
     ([1.0, 0.9, 0.8, 0.7, 0.75, 0.76], {}, "never cut the rate")])
 def test_report_says_when_the_plateau_cut_the_rate(losses, config, said):
-    from cifar_fastai.report import _plateau_acts
+    from cifar_fastai.report_md import _plateau_acts
     split = 'valid' if config.get('valid_pct') else 'test'
     rows = [{'epoch': e, f'{split}_loss': loss} for e, loss in enumerate(losses, 1)]
     assert said in _plateau_acts({**PLATEAU, **config}, rows)
 
 
 def test_report_of_a_one_cycle_run_says_nothing_of_a_plateau():
-    from cifar_fastai.report import _plateau_acts
+    from cifar_fastai.report_md import _plateau_acts
     assert _plateau_acts({**PLATEAU, 'schedule': 'one-cycle'}, [{'epoch': 1, 'test_loss': 1.}]) == ''

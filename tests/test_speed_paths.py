@@ -12,7 +12,7 @@ from cifar_fastai.data import read_cifar10
 from cifar_fastai.learner import cifar_learner
 from cifar_fastai.loaders import cifar_dls
 from cifar_fastai.models import BasicBlock, resnet18
-from cifar_fastai.precision import DTYPES, Autocast, resolve_precision
+from cifar_fastai.precision import Autocast, resolve_precision
 from tests.helpers import load_script, synthetic_cifar
 
 
@@ -21,24 +21,52 @@ def bench(): return load_script('bench_speed')
 
 
 def _small_cnn():
-    "A CIFAR-shaped classifier small enough for fp16 on CPU, which has no fast fp16 convolutions (minutes for a ResNet18)"
+    "A CIFAR-shaped classifier small enough for fp16 on CPU (no fast fp16 convolutions: minutes for a ResNet18)"
     return torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, stride=2, padding=1, bias=False), torch.nn.BatchNorm2d(16),
-                               torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 10))
+                               torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                               torch.nn.Linear(16, 10))
 
 
-@pytest.mark.parametrize('precision', ['fp32', 'bf16', 'fp16', 'auto'])
-def test_every_precision_trains_with_finite_losses(precision):
+def _cpu_bf16(monkeypatch, avx512_bf16: bool, amx: bool):
+    "Make torch's capability queries say whether this CPU has AVX512-BF16 and AMX"
+    monkeypatch.setattr(torch.cpu, '_is_avx512_bf16_supported', lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, '_is_amx_tile_supported', lambda: amx)
+
+
+# an explicit precision is taken as asked whatever the CPU has; 'auto' is bf16 on a CPU that computes it natively
+@pytest.mark.parametrize('precision,native_bf16,resolved,dtype', [
+    ('fp32', True, 'fp32', None), ('bf16', False, 'bf16', torch.bfloat16), ('fp16', True, 'fp16', torch.float16),
+    ('auto', True, 'bf16', torch.bfloat16), ('auto', False, 'fp32', None)])
+def test_every_precision_trains_with_finite_losses(monkeypatch, precision, native_bf16, resolved, dtype):
+    _cpu_bf16(monkeypatch, native_bf16, native_bf16)
     dls = cifar_dls(synthetic_cifar(n_train=32, n_test=16), bs=16, seed=0, device='cpu')
     learn = cifar_learner(dls, model=_small_cnn(), lr=0.01, precision=precision, channels_last=True)
     with learn.no_bar(), learn.no_logging(): learn.fit(1)
-    resolved = resolve_precision(precision, 'cpu')
     assert learn.precision == resolved
-    autocasts = [cb.dtype for cb in learn.cbs if isinstance(cb, Autocast)]
-    assert autocasts == ([DTYPES[resolved]] if resolved in DTYPES else [])
+    assert [cb.dtype for cb in learn.cbs if isinstance(cb, Autocast)] == ([dtype] if dtype else [])
     assert len(learn.recorder.losses) == 2 and all(math.isfinite(float(l)) for l in learn.recorder.losses)
     row = learn.epoch_record.rows[-1]
     assert all(math.isfinite(row[k]) for k in ('train_loss', 'test_loss'))
     assert learn.model[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize('avx512_bf16,amx,precision', [(False, False, 'fp32'), (True, False, 'bf16'),
+                                                       (False, True, 'bf16'), (True, True, 'bf16')])
+def test_auto_on_a_cpu_takes_bf16_where_avx512_bf16_or_amx_computes_it(monkeypatch, avx512_bf16, amx, precision):
+    _cpu_bf16(monkeypatch, avx512_bf16, amx)
+    assert resolve_precision('auto', 'cpu') == precision
+
+
+def _cpuinfo_flags() -> set:
+    "The CPU's feature flags as Linux lists them in /proc/cpuinfo"
+    cpuinfo = Path('/proc/cpuinfo')
+    if not cpuinfo.is_file(): pytest.skip('no /proc/cpuinfo to read the CPU flags from')
+    return {f for line in cpuinfo.read_text().splitlines() if line.startswith('flags') for f in line.split()[2:]}
+
+
+def test_auto_on_this_cpu_is_bf16_exactly_where_its_flags_list_avx512_bf16_or_amx():
+    native = bool(_cpuinfo_flags() & {'avx512_bf16', 'amx_bf16'})  # the kernel's view, independent of torch's
+    assert resolve_precision('auto', 'cpu') == ('bf16' if native else 'fp32')
 
 
 @pytest.mark.parametrize('capability,precision', [((7, 5), 'fp16'), ((7, 0), 'fp16'), ((8, 0), 'bf16'),
