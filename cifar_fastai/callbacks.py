@@ -8,13 +8,14 @@ import torch
 from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.schedule import ParamScheduler
 
+from cifar_fastai.checks import one_of, within
 from cifar_fastai.collective import all_reduce_sum, broadcast_value, in_process_group, is_main
 from cifar_fastai.errors import UserError
 from cifar_fastai.io import atomic_write
 from cifar_fastai.precision import autocast_dtype
 
 __all__ = ['ReduceLROnPlateau', 'plateau_replay', 'EpochRecord', 'TestPass', 'NonFiniteLossError', 'StopOnNonFinite',
-           'METRIC_COLUMNS', 'format_row', 'time_left']
+           'METRIC_COLUMNS', 'format_row', 'time_left', 'in_fit', 'is_scheduled']
 
 # valid_*: the part of train held out by `valid_pct`, present only when there is one (else the test split validates)
 # test_tta_accuracy: with flip test-time augmentation, present when the run asked for it (`TestPass(tta=True)`)
@@ -22,7 +23,7 @@ METRIC_COLUMNS = ('epoch', 'train_loss', 'train_accuracy', 'valid_loss', 'valid_
                   'test_tta_accuracy', 'lr', 'seconds')
 
 
-def _in_fit(learn) -> bool:
+def in_fit(learn) -> bool:
     "Whether `learn` is fitting, as opposed to `get_preds`/`validate`/`lr_find`, which fire epoch and batch events too"
     # fastai's `validation_context` (of `validate` and `get_preds`) holds `learn.lock`; `fit` never takes it
     return not learn.lock.locked() and not hasattr(learn, 'gather_preds') and not hasattr(learn, 'lr_finder')
@@ -33,7 +34,7 @@ def batches_done(learn) -> int:
     return round((learn.pct_train * learn.n_epoch - learn.epoch) * learn.n_iter)
 
 
-def _is_scheduled(learn) -> bool:
+def is_scheduled(learn) -> bool:
     "Whether a fastai `ParamScheduler` (`fit_one_cycle`, `lr_find`) owns the learning rate in this fit"
     return any(isinstance(cb, ParamScheduler) for cb in learn.cbs)
 
@@ -46,10 +47,9 @@ class ReduceLROnPlateau(Callback):
                  threshold: float = 1e-4, threshold_mode: str = 'rel', cooldown: int = 0, min_lr: float = 0.,
                  eps: float = 1e-8, stop_at_min_lr: bool = False):
         # stop_at_min_lr: end the fit when a cut is due and no rate can go lower (torch keeps training at `min_lr`)
-        if mode not in ('min', 'max'): raise ValueError(f"`mode` must be 'min' or 'max', got {mode!r}")
-        if threshold_mode not in ('rel', 'abs'):
-            raise ValueError(f"`threshold_mode` must be 'rel' or 'abs', got {threshold_mode!r}")
-        if not 0 < factor < 1: raise ValueError(f"`factor` must be in (0, 1), got {factor!r}")
+        one_of('`mode`', mode, ('min', 'max'))
+        one_of('`threshold_mode`', threshold_mode, ('rel', 'abs'))
+        within('`factor`', factor, low_open=True)
         self.monitor, self.mode, self.factor, self.patience = monitor, mode, factor, patience
         self.threshold, self.threshold_mode, self.cooldown, self.min_lr = threshold, threshold_mode, cooldown, min_lr
         self.eps, self.stop_at_min_lr = eps, stop_at_min_lr
@@ -81,11 +81,11 @@ class ReduceLROnPlateau(Callback):
         return new
 
     def before_epoch(self):
-        if self.stop_at_min_lr and self.bottomed_out and _in_fit(self.learn) and not _is_scheduled(self.learn):
+        if self.stop_at_min_lr and self.bottomed_out and in_fit(self.learn) and not is_scheduled(self.learn):
             raise CancelFitException  # before the epoch: the last one is recorded and checkpointed as usual
 
     def after_epoch(self):
-        if not _in_fit(self.learn) or _is_scheduled(self.learn): return
+        if not in_fit(self.learn) or is_scheduled(self.learn): return
         if not (self.recorder.values and len(self.recorder.values[-1])): return  # an epoch skipped on resume
         value = float(self.recorder.values[-1][self.recorder.metric_names.index(self.monitor) - 1])
         value = broadcast_value(value)  # the same decision on every process of a data-parallel run
@@ -123,7 +123,7 @@ class StopOnNonFinite(Callback):
     def after_loss(self):
         if not self.training: return
         finite = bool(torch.isfinite(self.loss).all())
-        if not _in_fit(self.learn):  # fastai's range test, on one process: a diverged loss is where it ends
+        if not in_fit(self.learn):  # fastai's range test, on one process: a diverged loss is where it ends
             if finite: return
             raise CancelFitException()  # as its own stop at 4x the best loss; its `after_fit` puts the weights back
         # in a data-parallel fit every process learns of it, and all stop at this batch rather than wait for the one
@@ -169,12 +169,12 @@ class EpochRecord(Callback):
         sums[2] += n
 
     def after_batch(self):
-        if not _in_fit(self.learn): return
+        if not in_fit(self.learn): return
         self.add('train' if self.training else 'valid', self.loss, self.pred, self.yb[0])
         if self.training: self.lr_sum, self.n_batches = self.lr_sum + self.opt.hypers[-1]['lr'], self.n_batches + 1
 
     def after_epoch(self):
-        if not _in_fit(self.learn): return
+        if not in_fit(self.learn): return
         sums = self._read_sums()
         if not sums['train'][2]: return  # an epoch skipped on resume
         if not sums['test'][2]: sums['test'], sums['valid'] = sums['valid'], sums['test']  # the loop tested
@@ -210,11 +210,11 @@ class TestPass(Callback):
 
     def after_batch(self):
         "When the loop validates on the test split, it predicted the plain view: add the mirrored one"
-        if self.tta and not self.training and _in_fit(self.learn) and len(self.dls.loaders) < 3:
+        if self.tta and not self.training and in_fit(self.learn) and len(self.dls.loaders) < 3:
             self._add_tta(self.xb[0], self.pred, self.yb[0])
 
     def after_validate(self):
-        if not _in_fit(self.learn) or len(self.dls.loaders) < 3: return
+        if not in_fit(self.learn) or len(self.dls.loaders) < 3: return
         for xb, yb in self.dls[2]:
             pred = self._predict(xb)
             self.learn.epoch_record.add('test', self.learn.loss_func(pred, yb), pred, yb)

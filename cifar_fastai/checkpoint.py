@@ -14,7 +14,7 @@ from fastai.torch_core import rank_distrib
 from fastcore.basics import noop
 from fastcore.foundation import L
 
-from cifar_fastai.callbacks import _in_fit, batches_done, write_metrics
+from cifar_fastai.callbacks import in_fit, batches_done, write_metrics
 from cifar_fastai.collective import gather_values, in_process_group, is_main, unwrap
 from cifar_fastai.errors import RunFileError
 from cifar_fastai.io import atomic_save, load_tensors
@@ -99,7 +99,7 @@ class Checkpoint(Callback):
         self.saved_at = time.time()             # inside it draws them again
 
     def after_batch(self):
-        if not (self.training and _in_fit(self.learn)): return
+        if not (self.training and in_fit(self.learn)): return
         done = batches_done(self.learn)
         inside = 0 < done < self.n_iter and not in_process_group()  # the processes' sums are each their own
         if inside and (self.stop_asked or self.every and time.time() - self.saved_at >= self.every):
@@ -182,7 +182,7 @@ class SkipBatches(Callback):
     def __init__(self, n: int = 0, record: dict | None = None): self.n, self.record = n, record
 
     def before_train(self):
-        if not (self.n and _in_fit(self.learn)): return
+        if not (self.n and in_fit(self.learn)): return
         n_iter = len(self.dl)
         self.learn.dl = _Dropping(self.dl, self.n)
         self.learn.pct_train += self.n / (self.n_epoch * n_iter)

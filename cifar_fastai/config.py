@@ -6,6 +6,7 @@ from pathlib import Path
 
 from fastai.callback.schedule import minimum, slide, steep, valley
 
+from cifar_fastai.checks import non_negative, one_of, positive, whole, within
 from cifar_fastai.errors import ConfigError, RunFileError
 from cifar_fastai.io import atomic_write
 from cifar_fastai.layout import CONFIG
@@ -83,29 +84,21 @@ class RunConfig:
             if not _is_a(getattr(self, f.name), f.type):
                 raise ConfigError(f"{_option(f.name)} must be {_kind_name(f.type)}, got {getattr(self, f.name)!r}")
         for name in ('epochs', 'bs', 'lr_find_iters', 'ema_every'):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"{_option(name)} must be a whole number >= 1, got {getattr(self, name)!r}")
-        if self.lr != 'find' and not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ConfigError(f"--lr must be a positive number or 'find', got {self.lr!r}")
+            if getattr(self, name) is not None: whole(_option(name), getattr(self, name))
+        if self.lr != 'find': positive("--lr (or 'find')", self.lr)
         for name, allowed in (('precision', PRECISIONS), ('schedule', SCHEDULES), ('wd_mode', WD_MODES),
                               ('lr_suggestion', tuple(LR_SUGGESTIONS))):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{_option(name)} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        if not self.lr_mult > 0: raise ConfigError(f"--lr-mult must be a positive number, got {self.lr_mult!r}")
+            one_of(_option(name), getattr(self, name), allowed)
+        positive('--lr-mult', self.lr_mult)
         for name in ('wd', 'plateau_min_lr', 'plateau_threshold', 'plateau_cooldown', 'pad', 'cutout', 'save_every'):
-            v = getattr(self, name)
-            if v is not None and v < 0: raise ConfigError(f"{_option(name)} must be >= 0, got {v!r}")
-        for name in ('momentum', 'label_smoothing', 'ema', 'valid_pct'):
-            if not 0 <= getattr(self, name) < 1:
-                raise ConfigError(f"{_option(name)} must be in [0, 1), got {getattr(self, name)!r}")
-        if not 0 <= self.cutout_p <= 1: raise ConfigError(f"--cutout-p must be in [0, 1], got {self.cutout_p!r}")
+            if getattr(self, name) is not None: non_negative(_option(name), getattr(self, name))
+        for name in ('momentum', 'label_smoothing', 'ema', 'valid_pct'): within(_option(name), getattr(self, name))
+        within('--cutout-p', self.cutout_p, high_open=False)
         if self.schedule == 'one-cycle' and not ONE_CYCLE_SWING <= self.momentum < 1 - ONE_CYCLE_SWING:
             raise ConfigError(f"--momentum {self.momentum!r}: one-cycle cycles it {ONE_CYCLE_SWING} either side, so it "
                               f"must be in [{ONE_CYCLE_SWING}, {1 - ONE_CYCLE_SWING})")
-        if self.plateau_patience < 0:
-            raise ConfigError(f"--plateau-patience must be a whole number >= 0, got {self.plateau_patience!r}")
-        if not 0 < self.plateau_factor < 1:
-            raise ConfigError(f"--plateau-factor must be in (0, 1), got {self.plateau_factor!r}")
+        whole('--plateau-patience', self.plateau_patience, low=0)
+        within('--plateau-factor', self.plateau_factor, low_open=True)
         try: WarmupAnneal(self.warmup, self.anneal)
         except ValueError as e: raise ConfigError(f"--warmup/--anneal: {e}") from None
         return self

@@ -2,7 +2,8 @@
 import torch
 from fastai.callback.core import Callback
 
-from cifar_fastai.callbacks import _in_fit
+from cifar_fastai.callbacks import in_fit
+from cifar_fastai.checks import whole, within
 from cifar_fastai.collective import broadcast_tensors, unwrap
 
 __all__ = ['EMA']
@@ -23,14 +24,13 @@ class EMA(Callback):
     def __init__(self, decay: float = 0.998, every: int = 4):
         # every: steps between updates, each weighing the live weights as `every` steps would (decay ** every); one
         # update of the ResNet18 (a memory-bound lerp of 11.2M floats) takes ~12 ms, 3-4% of a 2-core bf16 step of bs 64
-        if not 0 < decay < 1: raise ValueError(f"`decay` of the weight average must be in (0, 1), got {decay!r}")
-        if not (isinstance(every, int) and every >= 1):
-            raise ValueError(f"`every` must be a whole number >= 1, got {every!r}")
+        within('`decay` of the weight average', decay, low_open=True)
+        whole('`every`', every)
         self.decay, self.every, self.avg, self.n, self.live, self.active = decay, every, None, 0, None, False
         self.floats = self.counts = None  # (averages, live tensors) pairs of one fit, split by dtype in `before_fit`
 
     def before_fit(self):
-        self.active = _in_fit(self.learn)  # not during `lr_find`
+        self.active = in_fit(self.learn)  # not during `lr_find`
         if not self.active: return
         if self.avg is None: self.avg, self.n = [t.detach().clone() for t in _tensors(self.model)], 0
         pairs = list(zip(self.avg, _tensors(self.model)))

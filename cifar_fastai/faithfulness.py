@@ -5,6 +5,7 @@ import torch
 from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 
+from cifar_fastai.checks import whole
 from cifar_fastai.gradcam import CAMS, class_targets, evaluating, upscale
 
 __all__ = ['BLUR_KERNEL', 'BLUR_SIGMA', 'RANDOM', 'blur', 'random_maps', 'deletion_curves', 'insertion_curves', 'auc',
@@ -52,7 +53,7 @@ def _ends(model, x: torch.Tensor, bs: int) -> dict:
 
 def _curves(model, start, end, maps, targets, steps: int, seed: int, bs: int, ends) -> torch.Tensor:
     "Probability (B, steps+1) of `targets` as the most highlighted pixels of `maps` go from `start` to `end`"
-    if not isinstance(steps, int) or steps < 1: raise ValueError(f"`steps` must be a whole number >= 1, got {steps!r}")
+    whole('`steps`', steps)
     if maps.shape != start.shape[:1] + start.shape[2:]:
         raise ValueError(f"maps of shape {tuple(maps.shape)} for images of {tuple(start.shape)}; "
                          "pass one (H,W) map per image")

@@ -11,7 +11,8 @@ from fastai.learner import Learner
 from fastai.torch_core import TensorImage
 from matplotlib.figure import Figure
 
-from cifar_fastai.evaluate import Predictions, class_accuracy, predict
+from cifar_fastai.checks import one_of, whole
+from cifar_fastai.evaluate import Predictions, class_accuracy
 from cifar_fastai.faithfulness import stage_faithfulness
 from cifar_fastai.gradcam import CAMS, DEFAULT_CAM, cam_class, overlay
 from cifar_fastai.loaders import ds_idx_of_test
@@ -28,9 +29,8 @@ MISTAKE_ORDERS = ('confident', 'random', 'first')
 
 def top_mistakes(p: Predictions, k: int = 25, order: str = 'confident', seed: int | None = None) -> torch.Tensor:
     "Test indices of `k` misclassified images: most `confident` mistake first, `random` (with `seed`) or `first`"
-    if order not in MISTAKE_ORDERS:
-        raise ValueError(f"`order` must be one of {', '.join(MISTAKE_ORDERS)}, got {order!r}")
-    if not isinstance(k, int) or k < 0: raise ValueError(f"`k` must be a whole number >= 0, got {k!r}")
+    one_of('`order`', order, MISTAKE_ORDERS)
+    whole('`k`', k, low=0)
     wrong = (p.preds != p.targets).nonzero().flatten()
     if order == 'confident':
         confidence = p.probs[wrong, p.preds[wrong]]  # probability given to the wrong class
@@ -68,7 +68,7 @@ def gradcam_maps(model, x: torch.Tensor, targets, layers=STAGES, cam: str = DEFA
 def measure_faithfulness(learn: Learner, p: Predictions, n: int = 100, steps: int = 8, seed: int = 0, layers=STAGES,
                          methods=tuple(CAMS)) -> list:
     "`stage_faithfulness` of the maps of the predicted class on `n` test images drawn with `seed`"
-    if not isinstance(n, int) or n < 1: raise ValueError(f"`n` (test images to score maps on) must be >= 1, got {n!r}")
+    whole('`n` (test images to score maps on)', n)
     idxs = torch.randperm(len(p.targets), generator=torch.Generator().manual_seed(seed))[:n].sort().values
     x = as_batch(learn.dls, raw_images(learn, idxs))
     dtype = autocast_dtype(learn)  # the probabilities as the run predicts them: in bf16 2.5x faster on a CPU with it

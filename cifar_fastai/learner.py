@@ -8,6 +8,7 @@ from fastai.metrics import accuracy
 from fastai.torch_core import TensorImage, rank_distrib
 
 from cifar_fastai.callbacks import EpochRecord, ReduceLROnPlateau, StopOnNonFinite, TestPass
+from cifar_fastai.checks import one_of, positive, within
 from cifar_fastai.ema import EMA
 from cifar_fastai.io import atomic_path
 from cifar_fastai.loaders import ArrayImage
@@ -61,11 +62,10 @@ def cifar_learner(dls, model=None, lr: float = 0.05, momentum: float = 0.9, nest
     "A `Learner` training `model` (default the CIFAR `resnet18`) with SGD + momentum and ReduceLROnPlateau on test loss"
     # ema: an `EMA` of the weights, tested and kept at the end, or its decay per step; 0 for none
     # tta: record each epoch's test accuracy with flip test-time augmentation too (`TestPass`)
-    if wd_mode not in WD_MODES: raise ValueError(f"`wd_mode` must be one of {WD_MODES}, got {wd_mode!r}")
-    if not lr > 0: raise ValueError(f"`lr` must be a positive number, got {lr!r}")
-    if not 0 <= label_smoothing < 1: raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing!r}")
-    if not isinstance(ema, EMA) and not 0 <= ema < 1:
-        raise ValueError(f"`ema` (the decay of the weight average) must be in [0, 1), got {ema!r}")
+    one_of('`wd_mode`', wd_mode, WD_MODES)
+    positive('`lr`', lr)
+    within('`label_smoothing`', label_smoothing)
+    if not isinstance(ema, EMA): within('`ema` (the decay of the weight average)', ema)
     model = resnet18(n_out=len(dls.vocab)) if model is None else model
     opt_func = partial(sgd, mom=momentum, decouple_wd=wd_mode == 'decoupled', nesterov=nesterov)
     plateau = ReduceLROnPlateau(**plateau) if isinstance(plateau, dict) else (plateau or ReduceLROnPlateau())

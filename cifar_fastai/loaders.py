@@ -13,6 +13,7 @@ from fastcore.basics import chunked
 from fasttransform import Transform
 from torch.utils.data import get_worker_info
 
+from cifar_fastai.checks import whole, within
 from cifar_fastai.data import Cifar10, read_cifar10
 from cifar_fastai.errors import ConfigError
 from cifar_fastai.transforms import CIFAR10_MEAN, CIFAR10_STD, AlbumentationsTransform, cifar_augs
@@ -111,8 +112,7 @@ def default_workers(device: torch.device) -> int:
 
 def holdout_split(labels: np.ndarray, valid_pct: float, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     "Indices (train, valid) of `labels`, with `valid_pct` of each class held out at random, fixed by `seed`"
-    if not 0 <= valid_pct < 1:
-        raise ValueError(f"`valid_pct` (the share of training images held out) must be in [0, 1), got {valid_pct!r}")
+    within('`valid_pct` (the share of training images held out)', valid_pct)
     classes, counts = np.unique(labels, return_counts=True)
     if valid_pct and len(counts) and not round(valid_pct * counts.min()):  # the smallest class: the others hold out more
         raise ConfigError(f"--valid-pct {valid_pct:g} holds out no image of class {classes[counts.argmin()]}, which has "
@@ -136,7 +136,7 @@ def cifar_dls(source=None, bs: int = 64, augs='default', valid_augs=None, seed: 
     "CIFAR-10 `DataLoaders` from `source` (a path, 'sample', 'cifar10', a `Cifar10` or None to search)"
     # valid_pct > 0: that share of each class of train is the validation set and the test split a third loader
     # (`dls[2]`, see `ds_idx_of_test`); 0: the test split is the validation set, as the reports and fastai's examples
-    if not isinstance(bs, int) or bs < 1: raise ValueError(f"`bs` must be a whole number >= 1, got {bs!r}")
+    whole('`bs`', bs)
     data = source if isinstance(source, Cifar10) else read_cifar10(source, progress=progress)  # progress: decoding bar
     device = torch.device(device) if device is not None else default_device()
     if seed is not None: set_seed(seed)

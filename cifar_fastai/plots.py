@@ -7,6 +7,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from cifar_fastai.callbacks import read_metrics
+from cifar_fastai.checks import whole
 from cifar_fastai.io import atomic_write
 from cifar_fastai.transforms import AlbumentationsTransform, cifar_augs
 
@@ -77,7 +78,7 @@ def _class_examples(labels: np.ndarray, n_classes: int, rng: np.random.Generator
 
 def plot_augmentations(dls, augs=None, n: int = 5, seed: int = 0, path=None) -> Figure:
     "One training image per class beside `n` augmented versions by `augs` (default: the training pipeline of `dls`)"
-    if not isinstance(n, int) or n < 1: raise ValueError(f"`n` must be a whole number >= 1, got {n!r}")
+    whole('`n`', n)
     source = 'the loaders\' training pipeline' if augs is None else 'the given pipeline'
     augs = augs if augs is not None else train_augs(dls)
     if augs is None: augs, source = cifar_augs(), 'the default cifar_augs() (the loaders have none)'

@@ -4,6 +4,8 @@ from fastai.callback import channelslast
 from fastai.callback.core import Callback, CancelStepException
 from fastai.torch_core import to_float
 
+from cifar_fastai.checks import one_of
+
 __all__ = ['PRECISIONS', 'resolve_precision', 'cpu_has_bf16', 'Autocast', 'AutocastModule', 'autocast_of',
            'autocast_dtype', 'ChannelsLast']
 
@@ -18,8 +20,7 @@ def cpu_has_bf16() -> bool:
 
 def resolve_precision(precision: str, device) -> str:
     "The precision `auto` stands for on `device`: bf16/fp16 mixed precision where the hardware has it, else fp32"
-    if precision not in PRECISIONS:
-        raise ValueError(f"Unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    one_of('`precision`', precision, PRECISIONS)
     if precision != 'auto': return precision
     device = torch.device(device)
     # bf16 is native from compute capability 8 (Ampere); `torch.cuda.is_bf16_supported()` says yes to emulation too

@@ -5,6 +5,7 @@ from pathlib import Path
 import torch
 from fastai.learner import Learner
 
+from cifar_fastai.checks import one_of
 from cifar_fastai.config import LR_SUGGESTIONS, ConfigError
 from cifar_fastai.io import atomic_write
 
@@ -25,8 +26,7 @@ def find_lr(learn: Learner, plot_path: Path | None = None, suggestion: str = 'mi
             mult: float = 1.) -> dict:
     "fastai's LR range test (weights and optimizer restored after it): every suggestion, `mult` x `suggestion` as 'lr'"
     # num_it: batches of the test; None: `lr_find_length` of the training data
-    if suggestion not in LR_SUGGESTIONS:
-        raise ConfigError(f"--lr-suggestion must be one of {', '.join(LR_SUGGESTIONS)}, got {suggestion!r}")
+    one_of('--lr-suggestion', suggestion, LR_SUGGESTIONS)
     num_it = num_it or lr_find_length(len(learn.dls.train))
     learn.lr_find(num_it=num_it, show_plot=False, suggest_funcs=None)
     found = _suggestions(learn.recorder, num_it)

@@ -1,7 +1,8 @@
 "What follows a run's budget: the options that scale with the epochs; the warm-up and final decay around the plateau"
 from fastai.callback.core import Callback
 
-from cifar_fastai.callbacks import _in_fit, _is_scheduled
+from cifar_fastai.callbacks import in_fit, is_scheduled
+from cifar_fastai.checks import within
 
 __all__ = ['budget_defaults', 'one_cycle_moms', 'ONE_CYCLE_SWING', 'WarmupAnneal', 'warmup_anneal_factor']
 
@@ -44,13 +45,12 @@ class WarmupAnneal(Callback):
 
     def __init__(self, warmup: float = 0., anneal: float = 0.):
         for name, value in (('warmup', warmup), ('anneal', anneal)):
-            if not 0 <= value <= 1:
-                raise ValueError(f"`{name}` (a share of the steps) must be in [0, 1], got {value!r}")
+            within(f'`{name}` (a share of the steps)', value, high_open=False)
         if warmup + anneal > 1: raise ValueError(f"`warmup` + `anneal` must be at most 1, got {warmup} + {anneal}")
         self.warmup, self.anneal, self.base = warmup, anneal, None
 
     def before_batch(self):
-        if not (self.training and _in_fit(self.learn)) or _is_scheduled(self.learn): return
+        if not (self.training and in_fit(self.learn)) or is_scheduled(self.learn): return
         total = self.n_iter * self.n_epoch
         step = round(self.pct_train * total)  # fastai's position in the fit, right after a resume too
         factor = warmup_anneal_factor(step, total, self.warmup, self.anneal)

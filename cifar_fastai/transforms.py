@@ -10,6 +10,8 @@ from fastai.torch_core import TensorImage
 from fastcore.basics import store_attr
 from fasttransform import Transform
 
+from cifar_fastai.checks import whole, within
+
 __all__ = ['CIFAR10_MEAN', 'CIFAR10_STD', 'AlbumentationsTransform', 'cifar_augs']
 
 # Per-channel mean and std of the 50,000 CIFAR-10 training images, pixels scaled to [0, 1]
@@ -22,10 +24,8 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 def cifar_augs(pad: int = 0, flip: bool = True, cutout: int = 16, cutout_p: float = 0.5,
                fill: Sequence[int] | None = None) -> A.Compose:
     "The reports' training pipeline, horizontal flip and a `cutout`x`cutout` hole; `pad` > 0 adds a reflect-pad crop"
-    for name, value in (('pad', pad), ('cutout', cutout)):
-        if not isinstance(value, int) or value < 0:
-            raise ValueError(f"`{name}` must be a whole number >= 0, got {value!r}")
-    if not 0 <= cutout_p <= 1: raise ValueError(f"`cutout_p` must be a probability in [0, 1], got {cutout_p!r}")
+    for name, value in (('pad', pad), ('cutout', cutout)): whole(f'`{name}`', value, low=0)
+    within('`cutout_p` (a probability)', cutout_p, high_open=False)
     fill = tuple(round(255 * m) for m in CIFAR10_MEAN) if fill is None else tuple(fill)  # a hole normalises to ~0
     tfms = []
     if pad:

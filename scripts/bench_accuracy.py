@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from cifar_fastai.callbacks import read_metrics
-from cifar_fastai.report import REFERENCE_EPOCHS, REFERENCE_FINAL
+from cifar_fastai.report_md import REFERENCE_EPOCHS, REFERENCE_FINAL
 from cifar_fastai.layout import METRICS
 from cifar_fastai.machine import cpu_name
 from cifar_fastai.run import RunConfig, read_config, train

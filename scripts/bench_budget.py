@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from cifar_fastai.callbacks import read_metrics
-from cifar_fastai.report import REFERENCE_FINAL
+from cifar_fastai.report_md import REFERENCE_FINAL
 from cifar_fastai.layout import METRICS
 from cifar_fastai.run import read_config
 

@@ -11,7 +11,7 @@ from cifar_fastai import cli
 from cifar_fastai.callbacks import read_metrics
 from cifar_fastai.checkpoint import load_checkpoint
 from cifar_fastai.config import RunConfig, resume_changes, saved_config
-from cifar_fastai.errors import ConfigError, RunFileError
+from cifar_fastai.errors import ConfigError
 from cifar_fastai.run import train
 from tests.helpers import tiny_models
 

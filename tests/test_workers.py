@@ -2,7 +2,6 @@
 from types import SimpleNamespace
 
 import numpy as np
-import pytest
 import torch
 
 from cifar_fastai.checkpoint import rng_state, set_rng_state
