@@ -127,13 +127,14 @@ class ReferenceLoop:
 class BareStep:
     "Forward, backward and SGD step on a fixed random batch in memory: no data loading, no fastai"
     def __init__(self, n_images: int, bs: int, precision: str = 'auto', channels_last: bool = True,
-                 compile: bool = False, **_):
-        self.precision, self.n_steps = resolve_precision(precision, 'cpu'), n_images // bs
+                 compile: bool = False, device: str = 'cpu', **_):
+        self.device = torch.device(device)
+        self.precision, self.n_steps = resolve_precision(precision, self.device), n_images // bs
         layout = torch.channels_last if channels_last else torch.contiguous_format
-        self.model = resnet18(n_out=10).to(memory_format=layout).train()
+        self.model = resnet18(n_out=10).to(self.device, memory_format=layout).train()
         self.opt = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD)
-        self.x = torch.randn(bs, 3, 32, 32).contiguous(memory_format=layout)
-        self.y = torch.randint(0, 10, (bs,))
+        self.x = torch.randn(bs, 3, 32, 32, device=self.device).contiguous(memory_format=layout)
+        self.y = torch.randint(0, 10, (bs,), device=self.device)
         self.forward = torch.compile(self.model) if compile else self.model
         start = time.perf_counter()
         self.step()  # the first step compiles, when compiling
@@ -143,14 +144,21 @@ class BareStep:
                          compiled=compile, first_step_seconds=first)
 
     def step(self):
-        with torch.autocast('cpu', dtype=DTYPES.get(self.precision, torch.float32), enabled=self.precision in DTYPES):
+        dtype = DTYPES.get(self.precision, torch.float32)
+        with torch.autocast(self.device.type, dtype=dtype, enabled=self.precision in DTYPES):
             loss = F.cross_entropy(self.forward(self.x).float(), self.y)
         self.opt.zero_grad(set_to_none=True); loss.backward(); self.opt.step()
 
     def train_epoch(self) -> tuple[int, float]:
         start = time.perf_counter()
         for _ in range(self.n_steps): self.step()
+        synchronize(self.device)
         return self.n_steps * len(self.y), time.perf_counter() - start
+
+
+def synchronize(device: torch.device):
+    "Wait for the work queued on a CUDA `device`, so that the clock reads what it took; nothing on a CPU"
+    if torch.device(device).type == 'cuda': torch.cuda.synchronize(device)
 
 
 class TrainTimer(Callback):
@@ -158,7 +166,9 @@ class TrainTimer(Callback):
     order = -100
     def before_train(self): self.n, self.start = 0, time.perf_counter()
     def after_batch(self): self.n += len(self.yb[0]) if self.training else 0
-    def after_train(self): self.seconds = time.perf_counter() - self.start
+    def after_train(self):
+        synchronize(self.dls.device)
+        self.seconds = time.perf_counter() - self.start
 
 
 class StopAfter(Callback):
@@ -177,8 +187,9 @@ def bench_data(files, labels, test_files, test_labels, classes) -> Cifar10:
 
 class OursFit:
     "Our path: `cifar_dls` over in-memory arrays + `cifar_learner(precision='auto', channels_last=True)`, `fit(1)`"
-    def __init__(self, files, labels, test_files, test_labels, classes, bs: int, workers: int | None = None, **_):
-        self.dls = cifar_dls(bench_data(files, labels, test_files, test_labels, classes), bs=bs, seed=0, device='cpu',
+    def __init__(self, files, labels, test_files, test_labels, classes, bs: int, workers: int | None = None,
+                 device: str = 'cpu', **_):
+        self.dls = cifar_dls(bench_data(files, labels, test_files, test_labels, classes), bs=bs, seed=0, device=device,
                              num_workers=workers)
         self.learn = cifar_learner(self.dls, lr=LR, momentum=MOMENTUM, wd=WD, precision='auto', channels_last=True,
                                    ema=EMA(RunConfig.ema, RunConfig.ema_every))  # the weight average of `cifar-fastai train`
@@ -274,24 +285,26 @@ class Remote:
 
 def contenders(args, files, labels, test_files, test_labels, classes) -> tuple[list[Remote], list[Remote]]:
     "Training contenders (reference, bare, ours, extras; none with --loader-only), then the loaders alone; all started"
-    n, common = len(files) // args.bs * args.bs, dict(bs=args.bs, threads=args.threads)
+    n, common, on = len(files) // args.bs * args.bs, dict(bs=args.bs, threads=args.threads), dict(device=args.device)
     data = dict(files=files, labels=labels, test_files=test_files, test_labels=test_labels, classes=classes)
     loaders = [Remote(f'ours: cifar_dls(...).train, num_workers={w}', OursLoader, workers=w, **data, **common)
                for w in args.loader_workers]
     if args.loader_only: return [], loaders
-    best = resolve_precision('auto', 'cpu')
+    best = resolve_precision('auto', args.device)
     ref = Remote('1. reference: PyTorch loop, fp32, OpenCV files + Albumentations, DataLoader', ReferenceLoop,
                  workers=args.ref_workers, **data, **common)
-    bare = Remote(f'2. bare step, {best} + channels_last (ceiling)', BareStep, n_images=n, **common)
+    bare = Remote(f'2. bare step, {best} + channels_last (ceiling)', BareStep, n_images=n, **common, **on)
     ours = [Remote(f'3. ours: Learner.fit, cifar_dls + cifar_learner(auto, channels_last)' +
-                   ('' if w is None else f', num_workers={w}'), OursFit, workers=w, **data, **common)
+                   ('' if w is None else f', num_workers={w}'), OursFit, workers=w, **data, **common, **on)
             for w in args.our_workers]
     extras = [Remote(f'bare step, {p} + {"channels_last" if cl else "contiguous"}', BareStep, n_images=n,
-                     precision=p, channels_last=cl, **common)
+                     precision=p, channels_last=cl, **common, **on)
               for p in ('fp32', 'bf16') for cl in (False, True) if (p, cl) != (best, True)]
+    extras += [Remote(f'bare step, {best} + channels_last, bs {bs}', BareStep, n_images=len(files) // bs * bs, bs=bs,
+                      threads=args.threads, **on) for bs in args.bare_bs if bs != args.bs]
     if args.compile:
         extras.append(Remote(f'bare step, {best} + channels_last, torch.compile', BareStep, n_images=n,
-                             compile=True, optional=True, **common))
+                             compile=True, optional=True, **common, **on))
     return [ref, bare, *ours, *extras], [ref, *loaders]
 
 
@@ -417,6 +430,10 @@ def parse_args(argv=None):
     p.add_argument('--loader-only', action='store_true', help='only the loaders alone and the floor, no training')
     p.add_argument('--no-compile', dest='compile', action='store_false', help='leave out the torch.compile extra')
     p.add_argument('--quick', action='store_true', help='512 images, 1 round, no compile')
+    p.add_argument('--device', default='cpu', help="where ours and the bare steps train: 'cpu' or 'cuda' (the "
+                                                   "reference's loop stays on the CPU)")
+    p.add_argument('--bare-bs', type=int, nargs='+', default=[], metavar='BS',
+                   help='bare steps at these batch sizes too, a contender each: images/s by batch size')
     args = p.parse_args(argv)
     if args.quick: args.n_images, args.rounds, args.compile = 512, 1, False
     if args.n_images < args.bs: p.error(f'--n-images ({args.n_images}) must be at least --bs ({args.bs})')
