@@ -43,11 +43,12 @@ def _optimisation_options(g, d):
                         'the training images if that is fewer)')
     g.add_argument('--momentum', type=float, default=d.momentum,
                    help='SGD momentum (default %(default)s); one-cycle cycles it 0.05 either side, as fastai')
-    g.add_argument('--nesterov', action='store_true', help="Nesterov's momentum, as torch's SGD(nesterov=True)")
+    g.add_argument('--nesterov', action=argparse.BooleanOptionalAction, help="Nesterov's momentum, as torch's "
+                   "SGD(nesterov=True) (default: with --schedule linear only)")
     g.add_argument('--wd', type=float, default=d.wd, help='weight decay (default %(default)s)')
     g.add_argument('--wd-mode', default=d.wd_mode, help="'l2' (added to the gradient, default) or 'decoupled'")
-    g.add_argument('--label-smoothing', type=float, default=d.label_smoothing,
-                   help='label smoothing of the cross-entropy, in [0, 1) (default %(default)s)')
+    g.add_argument('--label-smoothing', type=float,
+                   help='label smoothing of the cross-entropy, in [0, 1) (default 0.2 with --schedule linear, else 0)')
     g.add_argument('--ema', type=float, default=d.ema, help='decay per step of an average of the weights that is '
                                                          'tested and kept at the end, in [0, 1); 0 for none '
                                                          '(default %(default)s)')
@@ -138,8 +139,11 @@ def parser(typed_only: bool = False) -> argparse.ArgumentParser:
         p.add_argument('run', type=Path, help='a run folder written by `cifar-fastai train`')
         p.add_argument('--data', help='read the test images from here instead of the run\'s data source')
         if name != 'evaluate': _map_options(p)
-    sub.choices['evaluate'].add_argument('--tta', action='store_true', help='also average each test image\'s '
-                                         'prediction with its mirror image\'s (flip test-time augmentation)')
+    e = sub.choices['evaluate']
+    e.add_argument('--tta', action='store_const', const='flip', help='also average each test image\'s prediction '
+                   'with its mirror image\'s (flip test-time augmentation)')
+    e.add_argument('--tta-translate', dest='tta', action='store_const', const='translate', help='also average six '
+                   'views: the image and its mirror, and both moved one pixel up-left and down-right')
     return top
 
 
@@ -228,11 +232,13 @@ def _bars(learn):
 
 
 def _evaluate(args):
-    from cifar_fastai.evaluate import format_accuracy, load_run, predict
+    from cifar_fastai.evaluate import format_accuracy, load_run, predict, tta_name
     learn = load_run(args.run, args.data)
     with _bars(learn):
         print(format_accuracy(predict(learn)))
-        if args.tta: print(f"With flip test-time augmentation: {100 * predict(learn, tta=True).accuracy:.2f} %")
+        if args.tta:
+            accuracy = predict(learn, tta=args.tta).accuracy
+            print(f"With {tta_name(args.tta)} test-time augmentation: {100 * accuracy:.2f} %")
 
 
 def _run_command(args, name):

@@ -3,6 +3,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from fastai.callback.core import Callback
 from fastai.learner import Learner
 
@@ -13,7 +14,8 @@ from cifar_fastai.loaders import ds_idx_of_test
 from cifar_fastai.layout import WEIGHTS
 from cifar_fastai.run import recorded_data, run_dls, run_learner
 
-__all__ = ['Predictions', 'FlipBatch', 'predict', 'class_accuracy', 'format_accuracy', 'load_run']
+__all__ = ['Predictions', 'FlipBatch', 'MoveBatch', 'TTA_LEVELS', 'tta_views', 'tta_name', 'predict', 'class_accuracy',
+           'format_accuracy', 'load_run']
 
 _FIX = 'train the run again, or put back a copy of the file'
 
@@ -37,13 +39,49 @@ class FlipBatch(Callback):
     def before_batch(self): self.learn.xb = tuple(x.flip(-1) for x in self.xb)
 
 
-def predict(learn: Learner, ds_idx: int | None = None, tta: bool = False) -> Predictions:
+class MoveBatch(Callback):
+    "Move every input batch by `dy`, `dx` pixels (down, right), the edge filled by reflection: a translated view"
+    order = 0  # before `FlipBatch`: a view is moved, then mirrored
+    def __init__(self, dy: int, dx: int): self.dy, self.dx = dy, dx
+    def before_batch(self):
+        h, w = self.xb[0].shape[-2:]
+        pad = lambda x: F.pad(x, (1, 1, 1, 1), mode='reflect')
+        self.learn.xb = tuple(pad(x)[..., 1 - self.dy:1 - self.dy + h, 1 - self.dx:1 - self.dx + w] for x in self.xb)
+
+
+# 'flip': the image and its mirror image, equal weights; 'translate': airbench's multi-crop views (Jordan 2024,
+# arXiv 2404.00498): those two at 1/4 each, and the image moved one pixel up-left or down-right, then mirrored or
+# not, at 1/8 each
+TTA_LEVELS = ('flip', 'translate')
+_TTA_NAMES = {'flip': 'flip', 'translate': 'flip and 1-pixel translation'}
+
+
+def tta_views(level: str) -> list[tuple[float, list]]:
+    "The views of test-time augmentation `level` as (weight, callbacks that make the view)"
+    if level not in TTA_LEVELS: raise ValueError(f"tta={level!r} is not one of {', '.join(TTA_LEVELS)}")
+    flips = [[], [FlipBatch()]]
+    if level == 'flip': return [(1 / 2, f) for f in flips]
+    moves = [MoveBatch(d, d) for d in (-1, 1)]
+    return [(1 / 4, f) for f in flips] + [(1 / 8, f + [m]) for m in moves for f in flips]
+
+
+def tta_name(level) -> str:
+    "How a report names test-time augmentation `level` (True: 'flip')"
+    return _TTA_NAMES['flip' if level is True else level]
+
+
+def predict(learn: Learner, ds_idx: int | None = None, tta: bool | str = False) -> Predictions:
     "Predict every image of split `ds_idx` (default the test split) once, without augmentation or shuffling"
-    # tta: the mean of the probabilities of each image and of its mirror image (flip test-time augmentation)
+    # tta: the weighted mean of the probabilities of the views of `tta_views` (True: 'flip')
     ds_idx = ds_idx_of_test(learn.dls) if ds_idx is None else ds_idx
-    probs, targets = learn.get_preds(ds_idx=ds_idx)
-    if tta: probs = (probs + learn.get_preds(ds_idx=ds_idx, cbs=[FlipBatch()])[0]) / 2
-    return Predictions(probs.float(), targets.long(), list(learn.dls.vocab))
+    if not tta:
+        probs, targets = learn.get_preds(ds_idx=ds_idx)
+        return Predictions(probs.float(), targets.long(), list(learn.dls.vocab))
+    probs = targets = None
+    for weight, cbs in tta_views('flip' if tta is True else tta):
+        view, targets = learn.get_preds(ds_idx=ds_idx, cbs=cbs)
+        probs = weight * view.float() + (0 if probs is None else probs)
+    return Predictions(probs, targets.long(), list(learn.dls.vocab))
 
 
 def class_accuracy(p: Predictions) -> dict:

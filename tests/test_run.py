@@ -110,6 +110,14 @@ def test_evaluate_tta_prints_the_accuracy_of_the_averaged_prediction(sample_run,
     assert tta == pytest.approx(100 * predict(learn, tta=True).accuracy, abs=0.51)  # 1 of the 200 test images
 
 
+def test_evaluate_tta_translate_prints_the_six_view_accuracy(sample_run, capsys):
+    learn, run = sample_run
+    cli.main(['evaluate', str(run), '--tta-translate'])
+    out = capsys.readouterr().out
+    tta = float(out.split('With flip and 1-pixel translation test-time augmentation:')[1].split('%')[0])
+    assert tta == pytest.approx(100 * predict(learn, tta='translate').accuracy, abs=0.51)  # 1 of the 200 test images
+
+
 @pytest.mark.parametrize('argv,message', [
     (['train', '--epochs', '0'], '--epochs'), (['train', '--epochs', '-3'], '--epochs'),
     (['train', '--bs', '0'], '--bs'), (['train', '--lr', '-0.1'], '--lr'), (['train', '--lr', 'fast'], '--lr'),
@@ -201,6 +209,15 @@ def test_the_epoch_line_says_how_long_the_rest_of_the_run_takes(seconds, n_epoch
     (['train', '--epochs', '5', '--plateau-patience', '3'], 3)])
 def test_plateau_patience_defaults_to_a_tenth_of_the_epochs(argv, patience):
     assert cli._config(cli.parser().parse_args(argv)).plateau_patience == patience
+
+
+@pytest.mark.parametrize('argv,nesterov,smoothing', [
+    (['train'], False, 0.), (['train', '--schedule', 'one-cycle'], False, 0.),
+    (['train', '--schedule', 'linear'], True, 0.2), (['train', '--nesterov'], True, 0.),
+    (['train', '--schedule', 'linear', '--no-nesterov', '--label-smoothing', '0'], False, 0.)])
+def test_the_linear_schedule_brings_nesterov_and_label_smoothing_unless_told_otherwise(argv, nesterov, smoothing):
+    config = cli._config(cli.parser().parse_args(argv))
+    assert (config.nesterov, config.label_smoothing) == (nesterov, smoothing)
 
 
 def test_a_run_whose_rate_bottoms_out_ends_says_so_and_stays_ended_on_resume(tmp_path, monkeypatch):

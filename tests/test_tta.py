@@ -1,10 +1,13 @@
-"Flip test-time augmentation: the mean of the probabilities of each image and of its mirror image"
+"Test-time augmentation: the weighted mean of the probabilities of an image's views (mirrored, moved one pixel)"
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from cifar_fastai.callbacks import format_row
-from cifar_fastai.evaluate import predict
+from cifar_fastai.evaluate import MoveBatch, predict
 from cifar_fastai.learner import cifar_learner
 from cifar_fastai.loaders import cifar_dls, ds_idx_of_test
 from tests.helpers import synthetic_cifar
@@ -21,6 +24,44 @@ def test_tta_is_the_mean_of_plain_and_mirrored_probabilities():
     torch.testing.assert_close(predict(learn).probs, plain, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(predict(learn, tta=True).probs, (plain + mirrored) / 2, atol=1e-6, rtol=1e-5)
 
+
+def moved(xs: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    "`xs` moved `dy` pixels down and `dx` right, the uncovered edge a reflection, with numpy rather than torch"
+    a = np.pad(xs.numpy(), ((0, 0), (0, 0), (1, 1), (1, 1)), mode='reflect')
+    h, w = xs.shape[-2:]
+    return torch.from_numpy(a[..., 1 - dy:1 - dy + h, 1 - dx:1 - dx + w].copy())
+
+
+def test_moved_views_shift_the_pixels_and_reflect_the_edge():
+    x = torch.arange(16.).reshape(1, 1, 4, 4)
+    down_right = moved(x, 1, 1)[0, 0]
+    assert down_right[1:, 1:].tolist() == x[0, 0, :-1, :-1].tolist()   # each pixel one step down and right
+    assert down_right[0].tolist() == [5., 4., 5., 6.]                  # the new top row reflects row 1, as padded
+    assert moved(x, -1, -1)[0, 0, :-1, :-1].tolist() == x[0, 0, 1:, 1:].tolist()
+
+
+@pytest.mark.parametrize('dy,dx', [(1, 1), (-1, -1), (1, -1), (0, 1)])
+def test_move_batch_makes_the_moved_view(dy, dx):
+    x = torch.randn(2, 3, 8, 8)
+    cb = MoveBatch(dy, dx)
+    cb.learn = SimpleNamespace(xb=(x,))
+    cb.before_batch()
+    torch.testing.assert_close(cb.learn.xb[0], moved(x, dy, dx))
+
+
+def test_translate_tta_weighs_six_views_as_airbench_does():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))  # sees every pixel's place
+    dls = cifar_dls(synthetic_cifar(32, 24), bs=8, seed=0)
+    learn = cifar_learner(dls, model=model, precision='fp32', channels_last=False)
+    xs = torch.cat([x for x, _ in dls.valid])
+    views = [xs, xs.flip(3)] + [v for d in (-1, 1) for v in (moved(xs, d, d), moved(xs, d, d).flip(3))]
+    with torch.no_grad(): probs = [torch.softmax(model(v), dim=1) for v in views]
+    expected = (probs[0] + probs[1]) / 4 + sum(probs[2:]) / 8  # the paper's weights: 1/4 twice, 1/8 four times
+    assert not torch.allclose(probs[0], probs[2], atol=1e-3)  # a one-pixel move changes the prediction
+    torch.testing.assert_close(predict(learn, tta='translate').probs, expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(predict(learn, tta='flip').probs, predict(learn, tta=True).probs)
+    with pytest.raises(ValueError, match="tta='crop' is not one of flip, translate"): predict(learn, tta='crop')
 
 # each epoch of a fit with `tta=True` (`TestPass`), as `train --tta` records it
 def left_right_model() -> nn.Module:
