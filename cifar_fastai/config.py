@@ -43,10 +43,12 @@ class RunConfig:
     lr_find_iters: int | None = None  # batches of the range test; None: `lr_find_length` of the data (300 on CIFAR-10)
     lr_mult: float | None = None    # 'find' trains at this times the suggestion; None: by the budget
     momentum: float = 0.9           # SGD's; one-cycle cycles it from 0.05 above to 0.05 below and back
-    nesterov: bool = False          # Nesterov's momentum, as torch's `SGD(nesterov=True)`; False: heavy ball, as fastai
+    nesterov: bool | None = None    # Nesterov's momentum, as torch's `SGD(nesterov=True)`, or heavy ball as fastai;
+                                    # None: by the schedule, Nesterov for 'linear'
     wd: float = 5e-4
     wd_mode: str = 'l2'             # 'l2': added to the gradient, as the reports; or 'decoupled'
-    label_smoothing: float = 0.     # of torch's `CrossEntropyLoss`; 0: plain cross-entropy, as the reports
+    label_smoothing: float | None = None  # of torch's `CrossEntropyLoss`; None: by the schedule, 0.2 for 'linear',
+                                          # else 0 (plain cross-entropy, as the reports)
     ema: float = 0.998              # decay per step of the weight average tested and kept; 0: none, as the reports
     ema_every: int = 4              # steps between updates of the average (each one costs ~3% of a step)
     schedule: str = 'plateau'       # ReduceLROnPlateau on the validation loss, fastai's 'one-cycle', or 'linear':
@@ -73,7 +75,7 @@ class RunConfig:
     sync_bn: bool = False           # nn.SyncBatchNorm across the processes of a data-parallel run (CUDA only)
 
     def __post_init__(self):
-        "Fill the options left as None from the budget's rule"
+        "Fill the options left as None from the budget's and the schedule's rules"
         if not isinstance(self.epochs, int): return  # `check` names the bad value
         for name, value in budget_defaults(self.epochs, self.schedule).items():
             if getattr(self, name) is None: setattr(self, name, value)

@@ -10,15 +10,18 @@ from cifar_fastai.run import RunConfig
 from tests.helpers import synthetic_cifar
 
 
+HEAVY_BALL, FAST = dict(nesterov=False, label_smoothing=0.), dict(nesterov=True, label_smoothing=0.2)
+
+
 @pytest.mark.parametrize('epochs, schedule, expected', [
-    (5, 'plateau', dict(plateau_patience=0, pad=0, lr_mult=5., warmup=0.05, anneal=0.2)),
-    (10, 'plateau', dict(plateau_patience=1, pad=4, lr_mult=5., warmup=0.05, anneal=0.2)),
-    (50, 'plateau', dict(plateau_patience=5, pad=4, lr_mult=5., warmup=0.05, anneal=0.2)),
-    (100, 'plateau', dict(plateau_patience=10, pad=4, lr_mult=5., warmup=0.05, anneal=0.2)),
-    (8, 'one-cycle', dict(plateau_patience=0, pad=0, lr_mult=20., warmup=0., anneal=0.)),
-    (20, 'one-cycle', dict(plateau_patience=2, pad=4, lr_mult=20., warmup=0., anneal=0.)),
-    (8, 'linear', dict(plateau_patience=0, pad=0, lr_mult=20., warmup=0.2, anneal=0.8)),
-    (15, 'linear', dict(plateau_patience=1, pad=4, lr_mult=20., warmup=0.2, anneal=0.8))])
+    (5, 'plateau', dict(plateau_patience=0, pad=0, lr_mult=5., warmup=0.05, anneal=0.2, **HEAVY_BALL)),
+    (10, 'plateau', dict(plateau_patience=1, pad=4, lr_mult=5., warmup=0.05, anneal=0.2, **HEAVY_BALL)),
+    (50, 'plateau', dict(plateau_patience=5, pad=4, lr_mult=5., warmup=0.05, anneal=0.2, **HEAVY_BALL)),
+    (100, 'plateau', dict(plateau_patience=10, pad=4, lr_mult=5., warmup=0.05, anneal=0.2, **HEAVY_BALL)),
+    (8, 'one-cycle', dict(plateau_patience=0, pad=0, lr_mult=20., warmup=0., anneal=0., **HEAVY_BALL)),
+    (20, 'one-cycle', dict(plateau_patience=2, pad=4, lr_mult=20., warmup=0., anneal=0., **HEAVY_BALL)),
+    (8, 'linear', dict(plateau_patience=0, pad=0, lr_mult=20., warmup=0.2, anneal=0.8, **FAST)),
+    (15, 'linear', dict(plateau_patience=1, pad=4, lr_mult=20., warmup=0.2, anneal=0.8, **FAST))])
 def test_budget_rule_gives_the_documented_values(epochs, schedule, expected):
     assert budget_defaults(epochs, schedule) == expected
     config = RunConfig(epochs=epochs, schedule=schedule)
@@ -28,6 +31,8 @@ def test_budget_rule_gives_the_documented_values(epochs, schedule, expected):
 def test_options_set_by_hand_win_over_the_budget():
     config = RunConfig(epochs=50, pad=0, lr_mult=3., warmup=0., anneal=0.5, plateau_patience=2)
     assert (config.pad, config.lr_mult, config.warmup, config.anneal, config.plateau_patience) == (0, 3., 0., 0.5, 2)
+    config = RunConfig(epochs=8, schedule='linear', nesterov=False, label_smoothing=0.)
+    assert (config.nesterov, config.label_smoothing) == (False, 0.)
 
 
 def _tiny() -> torch.nn.Module:
