@@ -114,9 +114,11 @@ def holdout_split(labels: np.ndarray, valid_pct: float, seed: int | None = None)
     "Indices (train, valid) of `labels`, with `valid_pct` of each class held out at random, fixed by `seed`"
     within('`valid_pct` (the share of training images held out)', valid_pct)
     classes, counts = np.unique(labels, return_counts=True)
-    if valid_pct and len(counts) and not round(valid_pct * counts.min()):  # the smallest class: the others hold out more
-        raise ConfigError(f"--valid-pct {valid_pct:g} holds out no image of class {classes[counts.argmin()]}, which has "
-                          f"{counts.min()}: give at least {1 / counts.min():.2g}, or 0 to validate on the test split")
+    # the smallest class holds out the fewest: if it holds out none, the share is too small
+    if valid_pct and len(counts) and not round(valid_pct * counts.min()):
+        raise ConfigError(f"--valid-pct {valid_pct:g} holds out no image of class {classes[counts.argmin()]}, "
+                          f"which has {counts.min()}: give at least {1 / counts.min():.2g}, or 0 to validate on the "
+                          "test split")
     rng, valid = np.random.default_rng(0 if seed is None else seed), []
     for c in classes:
         members = np.flatnonzero(labels == c)
