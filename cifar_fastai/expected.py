@@ -26,7 +26,8 @@ class Measured:
     seed: int
     test_accuracy: float   # in [0, 1]
     tta_accuracy: float    # the same, with flip test-time augmentation
-    minutes: float         # the sum of its epochs' seconds, over 60
+    minutes: float         # its epochs times its median epoch's seconds, over 60: steady against an epoch that
+                           # shared the cores with other work, which the sum of its seconds is not
     processor: str         # the CPU of its `config.json`, 2 cores
 
 
@@ -60,7 +61,7 @@ def _budget(runs: list[Measured]) -> str:
     seeds = f"seed{'s' * (len(runs) > 1)} {', '.join(str(m.seed) for m in runs)}"
     where = ' / '.join(dict.fromkeys(m.processor for m in runs))
     return f"{_epochs(runs[0].epochs)}: {plain} % test accuracy ({tta} % with flip TTA), {seeds}, " \
-           f"{minutes} min on 2 cores of {where}"
+           f"about {minutes} min on 2 cores of {where}"
 
 
 def expectation(config: RunConfig, n_train: int, n_test: int, runs: list[Measured] | None = None) -> str | None:
