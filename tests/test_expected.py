@@ -66,7 +66,8 @@ def test_a_measured_budget_gives_the_span_over_its_seeds():
 def test_a_budget_not_measured_gives_the_nearest_below_and_above_and_says_so():
     said = expectation(RunConfig(epochs=15, schedule='one-cycle'), 50_000, 10_000, RUNS)
     assert said.startswith("Measured before on full CIFAR-10 (BENCHMARKS.md), one-cycle for 10 epochs: 86.12 % "
-                           "test accuracy (86.55 % with flip TTA), seed 0, about 61 min on 2 cores of CPU A; 20 epochs: ")
+                           "test accuracy (86.55 % with flip TTA), seed 0, about 61 min on 2 cores of CPU A; "
+                           "20 epochs: ")
     assert said.endswith(" (not measured at 15 epochs)")
     beyond = expectation(RunConfig(epochs=40, schedule='one-cycle'), 50_000, 10_000, RUNS)
     assert '20 epochs: 88.75-89.24 %' in beyond and '10 epochs' not in beyond
