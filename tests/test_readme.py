@@ -2,6 +2,10 @@
 import re
 from pathlib import Path
 
+import pytest
+
+from cifar_fastai.expected import measured_runs
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / 'README.md').read_text()
 
@@ -22,3 +26,22 @@ def test_quickstart_has_two_commands_and_ci_runs_its_test_command():
     assert len(block) == 2 and 'cifar-fastai train' in block[0] and 'pytest' in block[1]
     ci = (ROOT / '.ci' / 'run').read_text()
     assert "pip install -q -e '.[test]'" in ci and 'python -m pytest -q' in ci and "-e '.[test]'" in block[1]
+
+
+def _results_table() -> list[list[str]]:
+    "The cells of each row of README's 'What you get' table"
+    table = re.search(r'## What you get.*?\n(\| epochs.*?)\n\n', README, re.S).group(1).splitlines()[2:]
+    return [[cell.strip() for cell in row.strip('|').split('|')] for row in table]
+
+
+@pytest.mark.parametrize('row', _results_table(), ids=lambda row: f'{row[0]} {row[1]}')
+def test_readme_results_are_what_the_measured_runs_reached(row):
+    epochs, command, plain, tta, minutes = row
+    schedule = 'plateau' if command == 'the default' else re.search(r'--schedule ([\w-]+)', command).group(1)
+    runs = sorted((m for m in measured_runs() if (m.schedule, m.epochs) == (schedule, int(epochs))),
+                  key=lambda m: m.seed)
+    assert runs and (f"--epochs {epochs}" in command or command == 'the default')
+    assert re.findall(r'\d+\.\d\d', plain) == [f'{100 * m.test_accuracy:.2f}' for m in runs]
+    assert re.findall(r'\d+\.\d\d', tta) == [f'{100 * m.tta_accuracy:.2f}' for m in runs]
+    if all('Xeon' in m.processor for m in runs):  # the table's minutes are the Xeon's, as `train` quotes them
+        assert re.findall(r'\d+', minutes) == [str(int(m.minutes + .5)) for m in runs]
