@@ -15,7 +15,7 @@ from cifar_fastai.io import atomic_write
 from cifar_fastai.precision import autocast_dtype
 
 __all__ = ['ReduceLROnPlateau', 'plateau_replay', 'EpochRecord', 'TestPass', 'NonFiniteLossError', 'StopOnNonFinite',
-           'METRIC_COLUMNS', 'format_row', 'time_left', 'in_fit', 'is_scheduled']
+           'FlipEpoch', 'METRIC_COLUMNS', 'format_row', 'time_left', 'in_fit', 'is_scheduled']
 
 # valid_*: the part of train held out by `valid_pct`, present only when there is one (else the test split validates)
 # test_tta_accuracy: with flip test-time augmentation, present when the run asked for it (`TestPass(tta=True)`)
@@ -135,6 +135,14 @@ class StopOnNonFinite(Callback):
         at = f"epoch {self.epoch + 1}, batch {batches_done(self.learn) + 1}"  # `iter` restarts on a resume inside one
         raise NonFiniteLossError(f"The training loss became {value}{where} at {at}: the learning rate "
                                  f"({self.opt.hypers[-1]['lr']:.3g}) is probably too high; try a lower --lr.")
+
+
+class FlipEpoch(Callback):
+    "Tell the training loader's augmentations which epoch starts, for their `AlternatingFlip`"
+    def before_epoch(self):
+        dl = getattr(self.dls.train, 'dl', self.dls.train)  # a data-parallel fit wraps the loader
+        for t in getattr(getattr(dl, 'after_item', None), 'fs', []):
+            if hasattr(t, 'set_epoch'): t.set_epoch(self.epoch)
 
 
 class EpochRecord(Callback):

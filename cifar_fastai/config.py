@@ -61,7 +61,7 @@ class RunConfig:
     plateau_cooldown: int = 0
     plateau_min_lr: float | None = None  # the rate's floor: a cut due there ends the run; None: PLATEAU_FLOOR x start
     pad: int | None = None          # reflection padding before a random 32x32 crop, 0 for none; None: by the budget
-    flip: bool = True
+    flip: bool | str = True         # True: a random half each epoch; 'alternate': `AlternatingFlip`; False: none
     cutout: int = 16                # side of the square hole in pixels; 0: no cutout
     cutout_p: float = 0.5
     precision: str = 'auto'
@@ -96,6 +96,8 @@ class RunConfig:
             if getattr(self, name) is not None: non_negative(_option(name), getattr(self, name))
         for name in ('momentum', 'label_smoothing', 'ema', 'valid_pct'): within(_option(name), getattr(self, name))
         within('--cutout-p', self.cutout_p, high_open=False)
+        if self.flip not in (True, False, 'alternate'):
+            raise ConfigError(f"--flip must be true, false or 'alternate', got {self.flip!r}")
         if self.schedule == 'one-cycle' and not ONE_CYCLE_SWING <= self.momentum < 1 - ONE_CYCLE_SWING:
             raise ConfigError(f"--momentum {self.momentum!r}: one-cycle cycles it {ONE_CYCLE_SWING} either side, so it "
                               f"must be in [{ONE_CYCLE_SWING}, {1 - ONE_CYCLE_SWING})")

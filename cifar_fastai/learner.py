@@ -7,7 +7,7 @@ from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
 from fastai.torch_core import TensorImage, rank_distrib
 
-from cifar_fastai.callbacks import EpochRecord, ReduceLROnPlateau, StopOnNonFinite, TestPass
+from cifar_fastai.callbacks import EpochRecord, FlipEpoch, ReduceLROnPlateau, StopOnNonFinite, TestPass
 from cifar_fastai.checks import one_of, positive, within
 from cifar_fastai.ema import EMA
 from cifar_fastai.io import atomic_path
@@ -74,7 +74,7 @@ def cifar_learner(dls, model=None, lr: float = 0.05, momentum: float = 0.9, nest
         warnings.warn("fp16 on a CPU has no fast convolution kernels and trains hundreds of times slower: "
                       "use 'bf16' or 'auto'")
     autocast = [Autocast(DTYPES[precision])] if precision in DTYPES else []
-    extra = [StopOnNonFinite(), EpochRecord(), TestPass(tta), plateau] + autocast
+    extra = [StopOnNonFinite(), EpochRecord(), TestPass(tta), plateau, FlipEpoch()] + autocast
     extra += ([ChannelsLast()] if channels_last else []) + ([ema if isinstance(ema, EMA) else EMA(ema)] if ema else [])
     loss_func = CrossEntropyLossFlat(label_smoothing=label_smoothing)
     learn = CifarLearner(dls, model.to(dls.device), loss_func=loss_func, opt_func=opt_func, lr=lr, wd=wd,

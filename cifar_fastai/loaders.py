@@ -83,7 +83,7 @@ class ArrayDL(AsyncCopy, TfmdDL):
         "The batch of dataset positions `idxs`: (B, 3, H, W) uint8 images and their class codes"
         rows = [items[i] for i in idxs]  # rows of the arrays
         x = images[rows]
-        for t in self._augs(): x = t.augment(x, self._split_idx)
+        for t in self._augs(): x = t.augment(x, self._split_idx, rows)
         # (B, 3, H, W) over (B, H, W, 3) memory is channels_last, the layout the model computes in by default
         x = TensorImage(torch.from_numpy(x).permute(0, 3, 1, 2))
         return x, TensorCategory(torch.from_numpy(codes[labels[rows]]))
@@ -134,10 +134,11 @@ def ds_idx_of_test(dls: DataLoaders) -> int:
 
 def cifar_dls(source=None, bs: int = 64, augs='default', valid_augs=None, seed: int | None = None,
               num_workers: int | None = None, device=None, val_bs: int | None = None, progress: bool = True,
-              valid_pct: float = 0., **kwargs) -> DataLoaders:
+              valid_pct: float = 0., alternate_flip: bool = False, **kwargs) -> DataLoaders:
     "CIFAR-10 `DataLoaders` from `source` (a path, 'sample', 'cifar10', a `Cifar10` or None to search)"
     # valid_pct > 0: that share of each class of train is the validation set and the test split a third loader
     # (`dls[2]`, see `ds_idx_of_test`); 0: the test split is the validation set, as the reports and fastai's examples
+    # alternate_flip: mirror training images by `AlternatingFlip` too (give `augs` without a flip of their own)
     whole('`bs`', bs)
     data = source if isinstance(source, Cifar10) else read_cifar10(source, progress=progress)  # progress: decoding bar
     device = torch.device(device) if device is not None else default_device()
@@ -153,7 +154,8 @@ def cifar_dls(source=None, bs: int = 64, augs='default', valid_augs=None, seed: 
     splits = (train.tolist(), valid.tolist(), test) if valid_pct else (train.tolist(), test)
     tfms = [[ArrayImage(images)], [ArrayLabel(labels, data.classes), Categorize(vocab=data.classes, sort=False)]]
     dsets = Datasets(list(range(n_train + n_test)), tfms, splits=splits)
-    aug = AlbumentationsTransform(cifar_augs() if augs == 'default' else augs, valid_augs, seed=seed)
+    augs = cifar_augs(flip=not alternate_flip) if augs == 'default' else augs
+    aug = AlbumentationsTransform(augs, valid_augs, seed, alternate_flip)
     stats = [torch.tensor(s, device=device).view(1, 3, 1, 1) for s in (CIFAR10_MEAN, CIFAR10_STD)]
     workers = default_workers(device) if num_workers is None else num_workers
     kwargs = {'pin_memory': device.type == 'cuda', **kwargs}  # pinned batches copy to the GPU without waiting

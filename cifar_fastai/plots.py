@@ -9,7 +9,7 @@ from matplotlib.ticker import MaxNLocator
 from cifar_fastai.callbacks import read_metrics
 from cifar_fastai.checks import whole
 from cifar_fastai.io import atomic_write
-from cifar_fastai.transforms import AlbumentationsTransform, cifar_augs
+from cifar_fastai.transforms import AlbumentationsTransform, AlternatingFlip, cifar_augs
 
 __all__ = ['save_figure', 'blank_axes', 'plot_curves', 'train_augs', 'plot_augmentations']
 
@@ -60,10 +60,14 @@ def plot_curves(metrics, path=None) -> Figure:
     return save_figure(fig, path)
 
 
+def _train_tfm(dls) -> AlbumentationsTransform | None:
+    tfms = [t for t in dls.train.after_item.fs if isinstance(t, AlbumentationsTransform)]
+    return tfms[0] if tfms else None
+
+
 def train_augs(dls):
     "The albumentations pipeline `dls` applies to training items, or None when it has none"
-    tfms = [t for t in dls.train.after_item.fs if isinstance(t, AlbumentationsTransform)]
-    return tfms[0].train_aug if tfms else None
+    return None if (tfm := _train_tfm(dls)) is None else tfm.train_aug
 
 
 def _class_examples(labels: np.ndarray, n_classes: int, rng: np.random.Generator) -> list:
@@ -76,14 +80,25 @@ def _class_examples(labels: np.ndarray, n_classes: int, rng: np.random.Generator
     return picks
 
 
+def _augmented(aug, flip: AlternatingFlip | None, image: np.ndarray, i: int, epoch: int) -> np.ndarray:
+    "`image`, training image `i`, through `aug`, and mirrored as `flip` (if any) mirrors it in `epoch`"
+    out = aug(image=image)['image']
+    if flip is None: return out
+    flip.epoch = epoch
+    return flip(out[None], [i])[0]
+
+
 def plot_augmentations(dls, augs=None, n: int = 5, seed: int = 0, path=None) -> Figure:
     "One training image per class beside `n` augmented versions by `augs` (default: the training pipeline of `dls`)"
     whole('`n`', n)
+    # with the loaders' alternating flip, version c is what epoch c shows: mirrored every other epoch
+    alternate = augs is None and (tfm := _train_tfm(dls)) is not None and tfm.alternate is not None
     source = 'the loaders\' training pipeline' if augs is None else 'the given pipeline'
     augs = augs if augs is not None else train_augs(dls)
-    if augs is None: augs, source = cifar_augs(), 'the default cifar_augs() (the loaders have none)'
+    if augs is None: augs, source = cifar_augs(flip=not alternate), 'the default cifar_augs() (the loaders have none)'
     # a seeded copy: the preview repeats with `seed` and leaves the training pipeline's random state alone
     aug = AlbumentationsTransform(copy.deepcopy(augs), seed=seed).train_aug
+    flip = AlternatingFlip(seed) if alternate else None
     data = dls.data
     picks = _class_examples(np.asarray(data.train_y), len(data.classes), np.random.default_rng(seed))
     fig = Figure(figsize=(1.3 * (n + 1) + 0.6, 1.3 * len(picks) + 0.8), layout='constrained')
@@ -91,9 +106,10 @@ def plot_augmentations(dls, augs=None, n: int = 5, seed: int = 0, path=None) -> 
     for row, (name, i) in zip(axs, zip(data.classes, picks)):
         image = data.train_x[i]
         row[0].imshow(image); row[0].set_ylabel(name, fontsize=10)
-        for ax in row[1:]: ax.imshow(aug(image=image)['image'])
+        for epoch, ax in enumerate(row[1:]): ax.imshow(_augmented(aug, flip, image, i, epoch))
         for ax in row: blank_axes(ax)
-    for c, ax in enumerate(axs[0]): ax.set_title('original' if c == 0 else f'augmented {c}', fontsize=9)
-    steps = ', '.join(type(t).__name__ for t in aug.transforms)
+    for c, ax in enumerate(axs[0]):
+        ax.set_title('original' if c == 0 else f"{'epoch' if flip else 'augmented'} {c}", fontsize=9)
+    steps = ', '.join([type(t).__name__ for t in aug.transforms] + ['alternating flip'] * alternate)
     fig.suptitle(f'Training augmentation, {source}:\n{steps} (seed {seed})', fontsize=10)
     return save_figure(fig, path)

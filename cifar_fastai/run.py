@@ -41,9 +41,10 @@ def run_dls(config: RunConfig, data: str | None = None, test_only: bool = False,
     cifar = read_cifar10(config.data if data is None else data, skip_bad=config.skip_bad, progress=progress,
                          test_only=test_only)
     if test_only: cifar = replace(cifar, train_x=cifar.test_x, train_y=cifar.test_y)
-    augs = cifar_augs(pad=config.pad, flip=config.flip, cutout=config.cutout, cutout_p=config.cutout_p)
+    augs = cifar_augs(pad=config.pad, flip=config.flip is True, cutout=config.cutout, cutout_p=config.cutout_p)
     return cifar_dls(cifar, bs=config.bs, augs=augs, seed=config.seed, num_workers=config.workers,
-                     valid_pct=0. if test_only else config.valid_pct, **kwargs)
+                     valid_pct=0. if test_only else config.valid_pct, alternate_flip=config.flip == 'alternate',
+                     **kwargs)
 
 
 def run_learner(dls, config: RunConfig, path: Path) -> Learner:

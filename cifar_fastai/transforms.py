@@ -11,8 +11,9 @@ from fastcore.basics import store_attr
 from fasttransform import Transform
 
 from cifar_fastai.checks import whole, within
+from cifar_fastai.errors import ConfigError
 
-__all__ = ['CIFAR10_MEAN', 'CIFAR10_STD', 'AlbumentationsTransform', 'cifar_augs']
+__all__ = ['CIFAR10_MEAN', 'CIFAR10_STD', 'AlbumentationsTransform', 'AlternatingFlip', 'cifar_augs']
 
 # Per-channel mean and std of the 50,000 CIFAR-10 training images, pixels scaled to [0, 1]
 # (computed over the official arrays; 0.2470/0.2435/0.2616 is the pixel std, not the
@@ -57,16 +58,43 @@ def _seed_each(aug, seed: int | list[int]):
     for t, s in zip(parts, np.random.SeedSequence(seed).generate_state(len(parts))): t.set_random_seed(int(s))
 
 
+class AlternatingFlip:
+    "Mirror training image `row` in epoch `epoch` if its coin, fixed by `seed`, came up heads, in odd epochs if not"
+    # Jordan's derandomised flip (arXiv 2404.00498, section 3.6): the first epoch flips a random half, every later
+    # epoch the images the one before left as they were, so two epochs in a row show each image both ways
+    def __init__(self, seed: int | None = None):
+        self.seed = int(np.random.SeedSequence().entropy % 2**63) if seed is None else seed
+        self.epoch, self._coins = 0, np.zeros(0, bool)
+
+    def flips(self, rows) -> np.ndarray:
+        "Whether each of `rows` (indices into the images) is mirrored in the current epoch"
+        rows = np.asarray(rows, np.int64)
+        if rows.size and rows.max() >= len(self._coins):  # grown by prefixes: one row's coin never changes
+            self._coins = np.random.default_rng([self.seed, 0xF11B]).random(2 * int(rows.max()) + 1) < 0.5
+        return self._coins[rows] ^ bool(self.epoch % 2)
+
+    def __call__(self, images: np.ndarray, rows) -> np.ndarray:
+        "Of a (B, H, W, C) batch of `rows`, a copy with this epoch's images mirrored left to right"
+        flip = self.flips(rows)
+        return np.where(flip[:, None, None, None], images[:, :, ::-1], images)
+
+
 class AlbumentationsTransform(Transform):
     "Apply `train_aug` to training items and `valid_aug` (default: nothing) to the rest"
     split_idx, order = None, 2  # after the item is an image, before `ToTensor`
 
-    def __init__(self, train_aug=None, valid_aug=None, seed: int | None = None):
+    def __init__(self, train_aug=None, valid_aug=None, seed: int | None = None, alternate_flip: bool = False):
+        # alternate_flip: training batches are also mirrored by an `AlternatingFlip`, which needs the batch path
         super().__init__()
         store_attr('seed')
         self.train_aug, self.valid_aug = _as_compose(train_aug), _as_compose(valid_aug)
         self.rank = 0  # the data-parallel process whose streams the generators hold
+        self.alternate = AlternatingFlip(seed) if alternate_flip else None
         if seed is not None: self.set_seed(seed)
+
+    def set_epoch(self, epoch: int):
+        "Tell the alternating flip (if any) which epoch the next training batches belong to"
+        if self.alternate is not None: self.alternate.epoch = epoch
 
     def set_seed(self, seed: int, rank: int = 0):
         "Make the augmentations repeatable: the same `seed` gives the same augmented items; each `rank` its own"
@@ -88,10 +116,13 @@ class AlbumentationsTransform(Transform):
         "The pipeline of split `split_idx`: `train_aug` for training items (0), `valid_aug` for the rest"
         return self.train_aug if split_idx == 0 else self.valid_aug
 
-    def augment(self, images: np.ndarray, split_idx: int | None) -> np.ndarray:
-        "A (B, H, W, C) uint8 batch through the pipeline of split `split_idx`, image by image as items would go"
+    def augment(self, images: np.ndarray, split_idx: int | None, rows=None) -> np.ndarray:
+        "A (B, H, W, C) uint8 batch of `rows` through the pipeline of split `split_idx`, image by image as items go"
         aug = self.pipeline(split_idx)
-        return images if aug is None else np.stack([aug(image=img)['image'] for img in images])
+        out = images if aug is None else np.stack([aug(image=img)['image'] for img in images])
+        if split_idx != 0 or self.alternate is None: return out
+        if rows is None: raise ValueError("alternating flips need the batch's `rows`, which image each one is")
+        return self.alternate(out, rows)
 
     def draw_seed(self, split_idx: int | None) -> int | None:
         "A seed drawn from the pipeline of split `split_idx` (None if it has none), for a copy to draw apart from it"
@@ -107,6 +138,9 @@ class AlbumentationsTransform(Transform):
         return super().__call__(b, split_idx=None, **kwargs)
 
     def _augment(self, arr: np.ndarray) -> np.ndarray:
+        if self.idx == 0 and self.alternate is not None:
+            raise ConfigError("alternating flips need to know which image each one is, which only the in-memory "
+                              "batches of `cifar_dls` tell: use its loaders, or random flips (--flip)")
         aug = self.pipeline(self.idx)
         return arr if aug is None else aug(image=arr)['image']
 

@@ -17,6 +17,8 @@ from cifar_fastai.loaders import cifar_dls, ds_idx_of_test
 from cifar_fastai.plots import plot_augmentations, plot_curves
 from cifar_fastai.report import accuracy_markdown, interpret_run
 from cifar_fastai.run import RunConfig, train
+from cifar_fastai.transforms import cifar_augs
+from tests.helpers import synthetic_cifar
 
 
 def hand_predictions(probs, targets, classes=('a', 'b', 'c')) -> Predictions:
@@ -221,3 +223,14 @@ def test_augmentation_preview_is_a_row_per_class_and_repeats_with_its_seed(sampl
     pixels = lambda f: np.stack([ax.images[0].get_array() for ax in f.axes])
     assert np.array_equal(pixels(fig), pixels(plot_augmentations(dls, n=3, seed=1)))
     assert not np.array_equal(pixels(fig), pixels(plot_augmentations(dls, n=3, seed=2)))
+
+
+def test_with_alternating_flips_the_preview_shows_each_image_mirrored_every_other_epoch():
+    data = synthetic_cifar(40, 8)
+    dls = cifar_dls(data, bs=8, augs=cifar_augs(flip=False, cutout=0), seed=0, device='cpu', alternate_flip=True)
+    fig = plot_augmentations(dls, n=3, seed=2)
+    rows = [[ax.images[0].get_array() for ax in fig.axes[4 * r:4 * r + 4]] for r in range(10)]
+    for original, first, second, third in rows:
+        assert np.array_equal(second, first[:, ::-1]) and np.array_equal(third, first)
+        assert np.array_equal(first, original) or np.array_equal(first, original[:, ::-1])
+    assert 'alternating flip' in fig._suptitle.get_text() and fig.axes[2].get_title() == 'epoch 2'

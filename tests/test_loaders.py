@@ -3,15 +3,17 @@ import numpy as np
 import pytest
 import torch
 from fastai.data.core import TfmdDL
+from fastai.callback.core import Callback
 from fastai.learner import load_learner
 from torch import nn
 
 from cifar_fastai import loaders
+from cifar_fastai.checkpoint import SkipEpochs
 from cifar_fastai.data import Cifar10
 from cifar_fastai.errors import ConfigError
 from cifar_fastai.learner import cifar_learner
 from cifar_fastai.loaders import ArrayDL, cifar_dls
-from cifar_fastai.transforms import CIFAR10_MEAN, cifar_augs
+from cifar_fastai.transforms import CIFAR10_MEAN, CIFAR10_STD, cifar_augs
 from tests.helpers import CLASSES, synthetic_cifar
 
 PAD = 4
@@ -148,3 +150,35 @@ def test_a_batch_larger_than_the_training_images_is_refused_naming_both():
     with pytest.raises(ConfigError, match=r'^--bs 64 is more than the 48 images to train on: .* --bs 48 or less$'):
         cifar_dls(synthetic_cifar(n_train=60, n_test=8), bs=64, valid_pct=0.2, device='cpu')  # 12 held out
     assert len(cifar_dls(synthetic_cifar(n_train=48, n_test=8), bs=48, device='cpu').train) == 1
+
+
+class _Shown(Callback):
+    "Record, epoch by epoch, which training rows a fit showed mirrored, by matching each input to the originals"
+    def __init__(self, images: np.ndarray):
+        mean, std = (np.array(s, np.float32) for s in (CIFAR10_MEAN, CIFAR10_STD))
+        self.mean, self.std, self.seen = mean, std, {}
+        self.index = {img.tobytes(): (row, False) for row, img in enumerate(images)}
+        self.index.update({img[:, ::-1].tobytes(): (row, True) for row, img in enumerate(images)})
+
+    def before_batch(self):
+        if not self.training: return
+        x = self.xb[0].as_subclass(torch.Tensor).permute(0, 2, 3, 1).cpu().numpy()
+        pixels = np.rint(255 * (x * self.std + self.mean)).astype(np.uint8)
+        self.seen.setdefault(self.epoch, {}).update(self.index[img.tobytes()] for img in pixels)
+
+
+def _fit_showing(data, epochs: int, skip: int = 0) -> dict:
+    dls = cifar_dls(data, bs=8, augs=None, seed=3, device='cpu', alternate_flip=True)
+    shown = _Shown(data.train_x)
+    learn = cifar_learner(dls, model=_tiny_model(), precision='fp32', channels_last=False)
+    learn.fit(epochs, 0.01, cbs=[shown, SkipEpochs(skip)])
+    return shown.seen
+
+
+def test_a_fit_shows_every_training_image_mirrored_every_other_epoch_and_a_resumed_one_goes_on_alike():
+    data = synthetic_cifar(64, 8)
+    seen = _fit_showing(data, 3)
+    assert [len(seen[e]) for e in range(3)] == [64] * 3  # no partial batch dropped: every image every epoch
+    assert 16 < sum(seen[0].values()) < 48
+    assert all(seen[1][row] != seen[0][row] and seen[2][row] == seen[0][row] for row in range(64))
+    assert _fit_showing(data, 3, skip=2) == {2: seen[2]}  # epoch 3 after a resume from the end of epoch 2

@@ -244,3 +244,15 @@ def test_a_start_refused_after_making_its_folder_leaves_no_empty_folder(tmp_path
         assert e.value.code == 2 and capsys.readouterr().err.strip().endswith('; give --bs 500 or less')
     assert not (tmp_path / 'runs' / 'new').exists() and (tmp_path / 'runs').is_dir()
     assert kept.is_dir()  # a folder the user made stays, empty as it was
+
+
+def test_alternate_flip_is_an_option_a_run_keeps_and_trains_with(tmp_path, monkeypatch):
+    assert cli._config(cli.parser().parse_args(['train', '--alternate-flip'])).flip == 'alternate'
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+    write_folders(tmp_path / 'data', classes=('cat', 'dog'), n=8)
+    config = RunConfig(data=str(tmp_path / 'data'), epochs=1, bs=4, lr=0.02, flip='alternate', interpret=False)
+    learn = train(config, tmp_path / 'run', log=lambda *a: None, progress=False)
+    (tfm,) = learn.dls.train.after_item.fs
+    assert tfm.alternate is not None and tfm.alternate.seed == config.seed
+    assert [type(t).__name__ for t in tfm.train_aug.transforms] == ['CoarseDropout']  # no random flip besides
+    assert json.loads((tmp_path / 'run' / 'config.json').read_text())['flip'] == 'alternate'

@@ -109,7 +109,8 @@ def _checkpoint_of(data: bytes) -> dict:
 @pytest.mark.parametrize('change,words', [
     (lambda c: c.pop('bs'), 'lacks bs'), (lambda c: c.pop('lr_used'), 'lacks lr_used'),
     (lambda c: c.update(epochs='80'), "--epochs must be a whole number, got '80'"),
-    (lambda c: c.update(flip='yes'), "--flip must be true or false, got 'yes'"),
+    (lambda c: c.update(flip='yes'), "--flip must be true, false or 'alternate', got 'yes'"),
+    (lambda c: c.update(flip=1), "--flip must be true or false or a string, got 1"),
     (lambda c: c.update(ema=1.5), '--ema must be in [0, 1)'),
     (lambda c: c.update(format=2), 'written by a newer version'),
     (lambda c: c.clear(), 'lacks data')])

@@ -6,7 +6,8 @@ import torch
 from fastai.torch_core import TensorImage
 from fastai.vision.core import PILImage
 
-from cifar_fastai.transforms import CIFAR10_MEAN, AlbumentationsTransform, cifar_augs
+from cifar_fastai.errors import ConfigError
+from cifar_fastai.transforms import CIFAR10_MEAN, AlbumentationsTransform, AlternatingFlip, cifar_augs
 
 TRAIN, VALID = 0, 1
 
@@ -78,3 +79,41 @@ def test_each_part_of_the_pipeline_can_be_switched_on_or_off(kwargs, names):
 @pytest.mark.parametrize('kwargs', [dict(pad=-1), dict(cutout=2.5), dict(cutout_p=1.5)])
 def test_bad_pipeline_arguments_are_named(kwargs):
     with pytest.raises(ValueError, match=list(kwargs)[0]): cifar_augs(**kwargs)
+
+
+def _views(flip: AlternatingFlip, images: np.ndarray, rows, epoch: int) -> np.ndarray:
+    "Whether each of `images` (rows `rows`) comes out of `flip` mirrored in `epoch`, checked pixel for pixel"
+    flip.epoch = epoch
+    out = flip(images, rows)
+    mirrored = np.array([np.array_equal(o, img[:, ::-1]) for o, img in zip(out, images)])
+    plain = np.array([np.array_equal(o, img) for o, img in zip(out, images)])
+    assert (mirrored ^ plain).all()  # each image comes out whole, one way or the other
+    return mirrored
+
+
+def test_alternating_flip_shows_each_image_both_ways_in_any_two_epochs_in_a_row():
+    images = np.random.default_rng(0).integers(0, 256, (2000, 8, 8, 3), dtype=np.uint8)
+    rows = np.arange(2000)
+    first, second, third = (_views(AlternatingFlip(seed=3), images, rows, e) for e in range(3))
+    assert (second == ~first).all() and (third == first).all()
+    assert 0.45 < first.mean() < 0.55  # a random half: 2000 fair coins (std 0.011)
+    other_seed = _views(AlternatingFlip(seed=4), images, rows, 0)
+    assert 0.4 < (other_seed == first).mean() < 0.6  # another seed, other coins
+
+
+def test_an_images_flip_depends_on_its_row_not_on_its_batch():
+    images = np.random.default_rng(1).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
+    flip = AlternatingFlip(seed=5)
+    alone = [_views(flip, images[i:i + 1], [10 * i], 1)[0] for i in range(6)]  # the coins grow as rows come
+    together = _views(AlternatingFlip(seed=5), images[::-1], [50, 40, 30, 20, 10, 0], 1)[::-1]
+    assert alone == together.tolist()
+
+
+def test_alternating_flips_act_on_training_batches_only_and_refuse_single_items():
+    tfm, images = AlbumentationsTransform(None, alternate_flip=True, seed=0), _image()[None].repeat(64, 0)
+    flipped = tfm.augment(images, TRAIN, rows=np.arange(64))
+    assert 0 < sum(np.array_equal(o, images[0][:, ::-1]) for o in flipped) < 64
+    assert np.array_equal(tfm.augment(images, VALID), images)
+    with pytest.raises(ValueError, match='rows'): tfm.augment(images, TRAIN)
+    with pytest.raises(ConfigError, match='alternating flips need'): tfm(_tensor(_image()), split_idx=TRAIN)
+    assert torch.equal(tfm(_tensor(_image()), split_idx=VALID), _tensor(_image()))
