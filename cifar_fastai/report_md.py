@@ -113,6 +113,7 @@ def _monitored(config: dict) -> tuple[str, str]:
 
 
 _PLATEAU = ('factor', 'patience', 'threshold', 'cooldown')
+_FLIPS = {True: 'random horizontal flip', 'alternate': 'alternating horizontal flip', False: 'no flip'}
 
 
 def _epochs_n(n: int) -> str: return f"{n} epoch{'s' * (n != 1)}"
@@ -156,7 +157,8 @@ def _configuration(config: dict) -> str:
         plateau = f"linear: up over the first {g('warmup'):.0%} of the steps, down to 0 over the last {g('anneal'):.0%}"
     elif g('schedule') != 'plateau': plateau = g('schedule')
     crop = f"pad {g('pad')} (reflect) + random 32x32 crop" if config.get('pad') else 'no crop'
-    augs = f"{crop}, horizontal flip {g('flip')}, cutout {g('cutout')}x{g('cutout')} with p {g('cutout_p')}"
+    flip = _FLIPS.get(config.get('flip'), f"horizontal flip {g('flip')}")
+    augs = f"{crop}, {flip}, cutout {g('cutout')}x{g('cutout')} with p {g('cutout_p')}"
     data = f"`--data {config['data']}`" if config.get('data') else 'found by the default search'
     rows = [('data', f"{g('data_source')} ({data})"), ('epochs', g('epochs')), ('batch size', g('bs')),
             ('learning rate', lr),

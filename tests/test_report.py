@@ -184,11 +184,12 @@ def test_accuracy_markdown_of_a_hand_computed_case():
                                                      '| **all** | 4 | 3 | **75.00 %** |']
 
 
-@pytest.mark.parametrize('pad,text', [(0, 'no crop, horizontal flip True'),
-                                      (4, 'pad 4 (reflect) + random 32x32 crop')])
-def test_configuration_table_names_the_crop_label_smoothing_and_weight_average(pad, text):
+@pytest.mark.parametrize('pad,flip,text', [(0, True, 'no crop, random horizontal flip, cutout 16x16'),
+                                           (4, 'alternate', 'pad 4 (reflect) + random 32x32 crop, alternating horiz'),
+                                           (4, False, 'crop, no flip, cutout')])
+def test_configuration_table_names_the_crop_flip_label_smoothing_and_weight_average(pad, flip, text):
     from cifar_fastai.report_md import _configuration
-    table = _configuration(dict(pad=pad, flip=True, cutout=16, cutout_p=0.5, label_smoothing=0.1, ema=0.998,
+    table = _configuration(dict(pad=pad, flip=flip, cutout=16, cutout_p=0.5, label_smoothing=0.1, ema=0.998,
                                 ema_every=4, schedule='plateau'))
     assert text in table and '| label smoothing | 0.1 |' in table
     assert '| weight average | EMA, decay 0.998 per step, updated every 4 steps' in table
