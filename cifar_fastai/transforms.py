@@ -121,7 +121,8 @@ class AlbumentationsTransform(Transform):
         aug = self.pipeline(split_idx)
         out = images if aug is None else np.stack([aug(image=img)['image'] for img in images])
         if split_idx != 0 or self.alternate is None: return out
-        if rows is None: raise ValueError("alternating flips need the batch's `rows`, which image each one is")
+        if rows is None:
+            raise ValueError("alternating flips need the batch's `rows`, which image each one is")
         return self.alternate(out, rows)
 
     def draw_seed(self, split_idx: int | None) -> int | None:
