@@ -47,6 +47,8 @@ def _optimisation_options(g, d):
                    "SGD(nesterov=True) (default: with --schedule linear only)")
     g.add_argument('--wd', type=float, default=d.wd, help='weight decay (default %(default)s)')
     g.add_argument('--wd-mode', default=d.wd_mode, help="'l2' (added to the gradient, default) or 'decoupled'")
+    g.add_argument('--bn-bias-scale', type=float, default=d.bn_bias_scale,
+                   help='batch-norm biases learn at this multiple of the rate, as airbench\'s 64 (default %(default)s)')
     g.add_argument('--label-smoothing', type=float,
                    help='label smoothing of the cross-entropy, in [0, 1) (default 0.2 with --schedule linear, else 0)')
     g.add_argument('--ema', type=float, default=d.ema, help='decay per step of an average of the weights that is '

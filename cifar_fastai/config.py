@@ -25,7 +25,7 @@ CONFIG_FORMAT = 1  # layout of config.json; a version of the package that this o
 # options added after the first runs, with the value that gives the behaviour of the runs saved before them
 ADDED_LATER = dict(lr_find_iters=100, lr_mult=1., label_smoothing=0., ema=0., ema_every=1, sync_bn=False, valid_pct=0.,
                    warmup=0., anneal=0., tta=False, save_every=300.,
-                   nesterov=False)  # saves inside an epoch change no result
+                   nesterov=False, bn_bias_scale=1.)  # saves inside an epoch change no result
 RESUME_CHANGES = ('epochs', 'interpret', 'save_every')  # what `--resume` may change; the rest is the saved run's
 _FIX = 'put back a copy of the file, or start a new run'
 
@@ -47,6 +47,7 @@ class RunConfig:
                                     # None: by the schedule, Nesterov for 'linear'
     wd: float = 5e-4
     wd_mode: str = 'l2'             # 'l2': added to the gradient, as the reports; or 'decoupled'
+    bn_bias_scale: float = 1.       # batch-norm biases step at this multiple of the rate (airbench: 64); 1: as the rest
     label_smoothing: float | None = None  # of torch's `CrossEntropyLoss`; None: by the schedule, 0.2 for 'linear',
                                           # else 0 (plain cross-entropy, as the reports)
     ema: float = 0.998              # decay per step of the weight average tested and kept; 0: none, as the reports
@@ -92,6 +93,7 @@ class RunConfig:
                               ('lr_suggestion', tuple(LR_SUGGESTIONS))):
             one_of(_option(name), getattr(self, name), allowed)
         positive('--lr-mult', self.lr_mult)
+        positive('--bn-bias-scale', self.bn_bias_scale)
         for name in ('wd', 'plateau_min_lr', 'plateau_threshold', 'plateau_cooldown', 'pad', 'cutout', 'save_every'):
             if getattr(self, name) is not None: non_negative(_option(name), getattr(self, name))
         for name in ('momentum', 'label_smoothing', 'ema', 'valid_pct'): within(_option(name), getattr(self, name))

@@ -13,7 +13,7 @@ from cifar_fastai.ema import EMA
 from cifar_fastai.io import atomic_path
 from cifar_fastai.loaders import ArrayImage
 from cifar_fastai.models import resnet18
-from cifar_fastai.optim import sgd
+from cifar_fastai.optim import norm_bias_split, sgd
 from cifar_fastai.precision import DTYPES, Autocast, ChannelsLast, resolve_precision
 
 __all__ = ['WD_MODES', 'CifarLearner', 'cifar_learner']
@@ -56,18 +56,22 @@ class CifarLearner(Learner):
 
 
 def cifar_learner(dls, model=None, lr: float = 0.05, momentum: float = 0.9, nesterov: bool = False, wd: float = 5e-4,
-                  wd_mode: str = 'l2',                  precision: str = 'auto',
-                  channels_last: bool = True, plateau: ReduceLROnPlateau | dict | None = None,
-                  label_smoothing: float = 0., ema: float | EMA = 0., tta: bool = False, cbs=None, **kwargs) -> Learner:
+                  wd_mode: str = 'l2', bn_bias_scale: float = 1., precision: str = 'auto', channels_last: bool = True,
+                  plateau: ReduceLROnPlateau | dict | None = None, label_smoothing: float = 0., ema: float | EMA = 0.,
+                  tta: bool = False, cbs=None, **kwargs) -> Learner:
     "A `Learner` training `model` (default the CIFAR `resnet18`) with SGD + momentum and ReduceLROnPlateau on test loss"
     # ema: an `EMA` of the weights, tested and kept at the end, or its decay per step; 0 for none
+    # bn_bias_scale: the biases of the norm layers step at this multiple of the rate (airbench's 64); 1: as the rest
     # tta: record each epoch's test accuracy with flip test-time augmentation too (`TestPass`)
     one_of('`wd_mode`', wd_mode, WD_MODES)
     positive('`lr`', lr)
     within('`label_smoothing`', label_smoothing)
+    positive('`bn_bias_scale`', bn_bias_scale)
     if not isinstance(ema, EMA): within('`ema` (the decay of the weight average)', ema)
     model = resnet18(n_out=len(dls.vocab)) if model is None else model
-    opt_func = partial(sgd, mom=momentum, decouple_wd=wd_mode == 'decoupled', nesterov=nesterov)
+    opt_func = partial(sgd, mom=momentum, decouple_wd=wd_mode == 'decoupled', nesterov=nesterov,
+                       lr_scale=[1., bn_bias_scale] if bn_bias_scale != 1 else 1.)
+    if bn_bias_scale != 1: kwargs['splitter'] = norm_bias_split  # else fastai's one group, as runs saved before
     plateau = ReduceLROnPlateau(**plateau) if isinstance(plateau, dict) else (plateau or ReduceLROnPlateau())
     precision = resolve_precision(precision, dls.device)
     if precision == 'fp16' and dls.device.type == 'cpu':  # measured: one ResNet18 backward 68 s in fp16, 0.1 s in bf16

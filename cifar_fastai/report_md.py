@@ -162,7 +162,8 @@ def _configuration(config: dict) -> str:
     data = f"`--data {config['data']}`" if config.get('data') else 'found by the default search'
     rows = [('data', f"{g('data_source')} ({data})"), ('epochs', g('epochs')), ('batch size', g('bs')),
             ('learning rate', lr),
-            ('optimizer', f"SGD, {'Nesterov ' * bool(config.get('nesterov'))}momentum {g('momentum')}"),
+            ('optimizer', f"SGD, {'Nesterov ' * bool(config.get('nesterov'))}momentum {g('momentum')}"
+                          + _bias_scale(config.get('bn_bias_scale', 1))),
             ('weight decay', f"{g('wd')} ({g('wd_mode')})"), ('label smoothing', config.get('label_smoothing', 0)),
             ('weight average', _average(config)),
             ('schedule', plateau), ('augmentation', augs),
@@ -170,6 +171,10 @@ def _configuration(config: dict) -> str:
             ('seed', g('seed')),
             ('versions', ', '.join(f'{k} {g(k)}' for k in ('python', 'torch', 'fastai', 'albumentations')))]
     return _table(['option', 'value'], rows)
+
+
+def _bias_scale(scale: float) -> str:
+    return f", batch-norm biases at {scale:g}x the rate" if scale != 1 else ''
 
 
 def _average(config: dict) -> str:

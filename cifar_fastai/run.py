@@ -55,8 +55,9 @@ def run_learner(dls, config: RunConfig, path: Path) -> Learner:
     lr = config.lr if config.lr != 'find' else 0.01  # replaced by the finder's suggestion before fitting
     ema = EMA(config.ema, config.ema_every) if config.ema else 0.
     return cifar_learner(dls, lr=lr, momentum=config.momentum, nesterov=config.nesterov, wd=config.wd,
-                         wd_mode=config.wd_mode, precision=config.precision, channels_last=config.channels_last,
-                         plateau=plateau, label_smoothing=config.label_smoothing, ema=ema, tta=config.tta,
+                         wd_mode=config.wd_mode, bn_bias_scale=config.bn_bias_scale, precision=config.precision,
+                         channels_last=config.channels_last, plateau=plateau, label_smoothing=config.label_smoothing,
+                         ema=ema, tta=config.tta,
                          cbs=[WarmupAnneal(config.warmup, config.anneal)] if config.warmup or config.anneal else None,
                          path=path, model_dir='.')
 

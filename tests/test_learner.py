@@ -83,7 +83,51 @@ def test_sgd_steps_match_torch_sgd(dls, wd_mode, torch_opt, nesterov):
     assert torch.allclose(ours.weight, ref.weight, atol=1e-6)
 
 
-@pytest.mark.parametrize('kwargs,match', [(dict(wd_mode='adamw'), 'wd_mode'), (dict(lr=0), 'lr')])
+def _conv_bn_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, bias=False), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 10))
+
+
+@pytest.mark.parametrize('nesterov', [False, True])
+def test_bn_bias_scale_steps_as_torch_sgd_with_a_faster_group_for_the_batch_norm_biases(dls, nesterov):
+    ours, ref = _conv_bn_model(), _conv_bn_model()
+    learn = cifar_learner(dls, model=ours, wd=0.05, lr=0.1, precision='fp32', nesterov=nesterov, bn_bias_scale=8.,
+                          channels_last=False)
+    learn.create_opt()
+    # fastai leaves norm parameters and biases out of the weight decay (`wd_bn_bias=False`); the rest get L2
+    decayed = [ref[0].weight, ref[5].weight]
+    groups = [dict(params=decayed, weight_decay=0.05), dict(params=[ref[1].weight, ref[5].bias], weight_decay=0.),
+              dict(params=[ref[1].bias], weight_decay=0., scale=8.)]
+    ref_opt = torch.optim.SGD(groups, lr=0.1, momentum=0.9, nesterov=nesterov)
+    for step in range(4):
+        lr = 0.1 / (step + 1)  # as a schedule sets it: one rate for every group
+        learn.opt.set_hypers(lr=lr, wd=0.05)
+        for g in ref_opt.param_groups: g['lr'] = lr * g.get('scale', 1.)
+        x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(step))
+        for model, opt in ((ours, learn.opt), (ref, ref_opt)):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+    for (name, p), q in zip(ours.named_parameters(), ref.parameters()):
+        assert torch.allclose(p, q, atol=1e-6), name
+    assert not torch.allclose(ours[1].bias, _conv_bn_model()[1].bias, atol=1e-3)  # the biases did move
+
+
+def test_norm_bias_split_puts_the_batch_norm_biases_of_the_resnet18_alone_in_the_second_group():
+    from cifar_fastai.models import resnet18
+    from cifar_fastai.optim import norm_bias_split
+    model = resnet18()
+    rest, biases = norm_bias_split(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    # the convolutions have no bias: every bias but the classifier's is a batch norm's
+    assert sorted(names[id(b)] for b in biases) == sorted(n for n in names.values() if n.endswith('.bias')
+                                                          and n != 'linear.bias')
+    assert len(biases) == 20 and len(rest) + len(biases) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize('kwargs,match', [(dict(wd_mode='adamw'), 'wd_mode'), (dict(lr=0), 'lr'),
+                                          (dict(bn_bias_scale=0), 'bn_bias_scale')])
 def test_bad_learner_arguments_are_named(dls, kwargs, match):
     with pytest.raises(ValueError, match=match): cifar_learner(dls, **kwargs)
 

@@ -68,7 +68,8 @@ def test_train_help_groups_every_option(capsys):
     assert list(groups) == ['options', 'data', 'optimisation', 'schedule', 'augmentation', 'speed', 'output']
     assert groups['options'] == []  # only -h
     assert {'--data', '--valid-pct', '--bs'} <= set(groups['data'])
-    assert {'--lr', '--lr-mult', '--lr-find-iters', '--momentum', '--wd', '--ema'} <= set(groups['optimisation'])
+    assert {'--lr', '--lr-mult', '--lr-find-iters', '--momentum', '--wd', '--ema', '--bn-bias-scale'} <= set(
+        groups['optimisation'])
     assert {'--epochs', '--schedule', '--plateau-patience', '--plateau-min-lr'} <= set(groups['schedule'])
     assert groups['augmentation'] == ['--pad', '--no-flip', '--alternate-flip', '--cutout', '--cutout-p']
     assert {'--precision', '--sync-bn'} <= set(groups['speed']) and {'--out', '--resume'} <= set(groups['output'])
