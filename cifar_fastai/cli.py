@@ -56,6 +56,8 @@ def _optimisation_options(g, d):
                                                          '(default %(default)s)')
     g.add_argument('--ema-every', type=int, default=d.ema_every,
                    help='steps between updates of that average (default %(default)s)')
+    g.add_argument('--lookahead', action='store_true', help="make that average airbench's lookahead: its decay rises "
+                   "to --ema as the cube of the share of training done, and the live weights restart from it")
 
 
 def _schedule_options(g, d):

@@ -25,7 +25,7 @@ CONFIG_FORMAT = 1  # layout of config.json; a version of the package that this o
 # options added after the first runs, with the value that gives the behaviour of the runs saved before them
 ADDED_LATER = dict(lr_find_iters=100, lr_mult=1., label_smoothing=0., ema=0., ema_every=1, sync_bn=False, valid_pct=0.,
                    warmup=0., anneal=0., tta=False, save_every=300.,
-                   nesterov=False, bn_bias_scale=1.)  # saves inside an epoch change no result
+                   nesterov=False, bn_bias_scale=1., lookahead=False)  # saves inside an epoch change no result
 RESUME_CHANGES = ('epochs', 'interpret', 'save_every')  # what `--resume` may change; the rest is the saved run's
 _FIX = 'put back a copy of the file, or start a new run'
 
@@ -52,6 +52,8 @@ class RunConfig:
                                           # else 0 (plain cross-entropy, as the reports)
     ema: float = 0.998              # decay per step of the weight average tested and kept; 0: none, as the reports
     ema_every: int = 4              # steps between updates of the average (each one costs ~3% of a step)
+    lookahead: bool = False         # the average is airbench's lookahead: its decay rises with the share of the fit
+                                    # done, cubed, and the live weights restart from it at each update
     schedule: str = 'plateau'       # ReduceLROnPlateau on the validation loss, fastai's 'one-cycle', or 'linear':
                                     # up over `warmup`, down to 0 over `anneal`, constant momentum, no plateau
     warmup: float | None = None     # plateau, linear: share of the steps the rate ramps up over; None: by the budget
@@ -98,6 +100,8 @@ class RunConfig:
             if getattr(self, name) is not None: non_negative(_option(name), getattr(self, name))
         for name in ('momentum', 'label_smoothing', 'ema', 'valid_pct'): within(_option(name), getattr(self, name))
         within('--cutout-p', self.cutout_p, high_open=False)
+        if self.lookahead and not self.ema:
+            raise ConfigError("--lookahead is a kind of weight average: give it --ema (the decay it rises to), not 0")
         if self.flip not in (True, False, 'alternate'):
             raise ConfigError(f"--flip must be true, false or 'alternate', got {self.flip!r}")
         if self.schedule == 'one-cycle' and not ONE_CYCLE_SWING <= self.momentum < 1 - ONE_CYCLE_SWING:

@@ -53,7 +53,7 @@ def run_learner(dls, config: RunConfig, path: Path) -> Learner:
     plateau = dict(factor=config.plateau_factor, patience=patience, threshold=config.plateau_threshold,
                    cooldown=config.plateau_cooldown, stop_at_min_lr=True)  # `min_lr` once the starting rate is known
     lr = config.lr if config.lr != 'find' else 0.01  # replaced by the finder's suggestion before fitting
-    ema = EMA(config.ema, config.ema_every) if config.ema else 0.
+    ema = EMA(config.ema, config.ema_every, config.lookahead) if config.ema else 0.
     return cifar_learner(dls, lr=lr, momentum=config.momentum, nesterov=config.nesterov, wd=config.wd,
                          wd_mode=config.wd_mode, bn_bias_scale=config.bn_bias_scale, precision=config.precision,
                          channels_last=config.channels_last, plateau=plateau, label_smoothing=config.label_smoothing,

@@ -60,12 +60,12 @@ class TrainLosses(Callback):
         if self.training: self.losses.append(self.loss.item())
 
 
-def _one_weight_learner(decay, every) -> Learner:
+def _one_weight_learner(decay, every, lookahead=False) -> Learner:
     "2 training batches of one item (2 steps an epoch), 1 test item: the test loss is the weight the model tests with"
     items = [(torch.zeros(1), torch.zeros(())) for _ in range(2)]
     dls = DataLoaders(DataLoader(items, bs=1), DataLoader(items[:1], bs=1), device='cpu')
     return Learner(dls, OneWeight(), loss_func=lambda pred, y: pred.mean(), opt_func=SGD, lr=1.,
-                   cbs=EMA(decay, every))  # fastai's SGD: no momentum, no weight decay
+                   cbs=EMA(decay, every, lookahead))  # fastai's SGD: no momentum, no weight decay
 
 
 # The live weight is 0 at the start and -n after step n. An update at step n takes the average to
@@ -82,6 +82,22 @@ def test_a_one_weight_model_tests_with_and_ends_with_the_average_worked_out_by_h
     learn.fit(2, lr=1., cbs=train)
     assert [v[1] for v in learn.recorder.values] == pytest.approx(averages, rel=1e-6)  # each epoch tested the average
     assert train.losses == [0., -1., -2., -3.]  # and training went on from the live weights
+    assert learn.model.w.item() == pytest.approx(averages[-1], rel=1e-6)
+
+
+# Lookahead over the 4 steps of 2 epochs: an update at step n keeps d = decay ** every * (n / 4) ** 3 of the average,
+# and the live weight restarts from the average, then the step takes 1 off it:
+# decay 0.8, every 1: d = 1/80, 1/10, 27/80, 4/5; live -1 -> avg -79/80, live -159/80 -> avg -151/80 (epoch 1),
+#                     live -231/80 -> avg -51/20, live -71/20 -> avg -11/4 (epoch 2)
+# decay 0.8, every 2: updates at steps 2 and 4, d = 2/25 then 16/25; live -2 -> avg -46/25, live -96/25 -> avg -64/25
+@pytest.mark.parametrize('every,averages,losses', [(1, [-151 / 80, -11 / 4], [0., -79 / 80, -151 / 80, -51 / 20]),
+                                                   (2, [-46 / 25, -64 / 25], [0., -1., -46 / 25, -71 / 25])])
+def test_a_lookahead_restarts_the_live_weight_from_an_average_whose_decay_rises_as_worked_out_by_hand(every, averages,
+                                                                                                       losses):
+    learn, train = _one_weight_learner(0.8, every, lookahead=True), TrainLosses()
+    learn.fit(2, lr=1., cbs=train)
+    assert [v[1] for v in learn.recorder.values] == pytest.approx(averages, rel=1e-6)
+    assert train.losses == pytest.approx(losses, rel=1e-6)  # each batch starts from the weight the last update left
     assert learn.model.w.item() == pytest.approx(averages[-1], rel=1e-6)
 
 

@@ -194,6 +194,8 @@ def test_configuration_table_names_the_crop_flip_label_smoothing_and_weight_aver
     assert text in table and '| label smoothing | 0.1 |' in table
     assert '| weight average | EMA, decay 0.998 per step, updated every 4 steps' in table
     assert '| weight average | none |' in _configuration(dict(pad=pad, ema=0.))
+    lookahead = _configuration(dict(ema=0.99, lookahead=True))
+    assert '| weight average | lookahead, decay rising to 0.99 per step' in lookahead
     assert '| optimizer | SGD, momentum 0.9 |' in _configuration(dict(momentum=0.9))  # runs saved before the option
     assert '| optimizer | SGD, Nesterov momentum 0.9, batch-norm biases at 64x the rate |' in _configuration(
         dict(momentum=0.9, nesterov=True, bn_bias_scale=64.))

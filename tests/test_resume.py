@@ -76,7 +76,8 @@ def _interrupt(): raise KeyboardInterrupt
 
 @pytest.mark.usefixtures('tiny')
 @pytest.mark.parametrize('schedule,ema', [('plateau', dict(ema=0.)), ('one-cycle', dict(ema=0.9, ema_every=3)),
-                                         ('linear', dict(ema=0.)), ('linear', dict(ema=0., bn_bias_scale=64.))])
+                                         ('linear', dict(ema=0.)), ('linear', dict(ema=0., bn_bias_scale=64.)),
+                                         ('linear', dict(ema=0.9, ema_every=2, lookahead=True))])
 def test_a_run_stopped_inside_an_epoch_resumes_from_its_last_batch_as_if_never_stopped(tmp_path, schedule, ema):
     config = lambda: _config(schedule=schedule, save_every=1e-9, **ema)  # a checkpoint after every batch
     full = train(config(), tmp_path / 'full', **quiet)

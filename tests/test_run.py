@@ -129,7 +129,7 @@ def test_evaluate_tta_translate_prints_the_six_view_accuracy(sample_run, capsys)
     (['train', '--valid-pct', '1'], '--valid-pct'), (['train', '--anneal', '1.5'], '--anneal'),
     (['train', '--warmup', '0.6', '--anneal', '0.6'], '--warmup'),
     (['train', '--lr-find-iters', '0'], '--lr-find-iters'), (['train', '--lr-mult', '0'], '--lr-mult'),
-    (['train', '--bn-bias-scale', '0'], '--bn-bias-scale'),
+    (['train', '--bn-bias-scale', '0'], '--bn-bias-scale'), (['train', '--lookahead', '--ema', '0'], '--lookahead'),
     (['train', '--momentum', '1'], '--momentum'),
     (['train', '--schedule', 'one-cycle', '--momentum', '0.97'], '--momentum'),
     (['train', '--cutout-p', '1.5'], '--cutout-p'), (['train', '--cutout', '-1'], '--cutout'),
