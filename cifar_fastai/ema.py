@@ -29,13 +29,12 @@ class EMA(Callback):
         within('`decay` of the weight average', decay, low_open=True)
         whole('`every`', every)
         self.decay, self.every, self.lookahead, self.avg, self.n = decay, every, lookahead, None, 0
-        self.live, self.active, self.total = None, False, 1
+        self.live, self.active = None, False
         self.floats = self.counts = None  # (averages, live tensors) pairs of one fit, split by dtype in `before_fit`
 
     def before_fit(self):
         self.active = in_fit(self.learn)  # not during `lr_find`
         if not self.active: return
-        self.total = max(self.n_epoch * len(self.dls.train), 1)  # steps of the whole fit, a resumed one's too
         if self.avg is None: self.avg, self.n = [t.detach().clone() for t in _tensors(self.model)], 0
         pairs = list(zip(self.avg, _tensors(self.model)))
         self.floats = [[a for a, t in pairs if a.is_floating_point()], [t for a, t in pairs if a.is_floating_point()]]
@@ -52,7 +51,8 @@ class EMA(Callback):
 
     def _update_decay(self) -> float:
         "How much of the average an update at step `n` keeps"
-        if self.lookahead: return self.decay ** self.every * min(self.n / self.total, 1.) ** 3
+        if self.lookahead:  # the share of the whole fit's steps done, a resumed fit's too
+            return self.decay ** self.every * min(self.n / (self.n_epoch * len(self.dls.train)), 1.) ** 3
         return min(self.decay, (1 + self.n) / (10 + self.n)) ** self.every
 
     @torch.no_grad()

@@ -180,12 +180,12 @@ def _bias_scale(scale: float) -> str:
 def _average(config: dict) -> str:
     "The weight average of the run, as the configuration table names it"
     if not config.get('ema'): return 'none'
+    every = config.get('ema_every', 1)
     if config.get('lookahead'):
-        return (f"lookahead, decay rising to {config['ema']} per step as the cube of the share of training done, "
-                f"every {config.get('ema_every', 1)} steps the live weights restart from the average: test metrics "
-                "and the kept model are the average's")
-    return (f"EMA, decay {config['ema']} per step, updated every {config.get('ema_every', 1)} steps: "
-            "test metrics and the kept model are the average's")
+        how = (f"lookahead, decay rising to {config['ema']} per step as the cube of the share of training done, "
+               f"every {every} steps the live weights restart from the average")
+    else: how = f"EMA, decay {config['ema']} per step, updated every {every} steps"
+    return f"{how}: test metrics and the kept model are the average's"
 
 
 def _mean_se(values) -> str:
