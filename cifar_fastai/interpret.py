@@ -4,10 +4,9 @@ import math
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-import torch.nn.functional as F
 import fastai.vision.learner  # noqa: F401  registers fastai's `plot_top_losses` for images
 from fastai.interpret import ClassificationInterpretation
-from fastai.learner import Learner
+from fastai.learner import Learner, NoneReduce
 from fastai.torch_core import TensorImage
 from matplotlib.figure import Figure
 
@@ -163,8 +162,9 @@ class PredictionsInterpretation(ClassificationInterpretation):
         if len(dl.dataset) != len(p.targets):
             raise ValueError(f"`dl` has {len(dl.dataset)} images but `p` predicts {len(p.targets)}: "
                              "pass the loader that `p` was predicted on")
-        # cross-entropy from the probabilities: what `CrossEntropyLossFlat` gives on the logits
-        losses = F.nll_loss(p.probs.clamp_min(1e-12).log(), p.targets, reduction='none')
+        # the learner's own loss, label smoothing included, from the probabilities: their logs are logits whose
+        # softmax gives the probabilities back, so the loss is what it was on the network's logits
+        with NoneReduce(learn.loss_func) as loss: losses = loss(p.probs.clamp_min(1e-12).log(), p.targets)
         super().__init__(learn, dl, losses)
         self.predictions = p
 
