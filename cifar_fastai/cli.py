@@ -44,13 +44,13 @@ def _optimisation_options(g, d):
     g.add_argument('--momentum', type=float, default=d.momentum,
                    help='SGD momentum (default %(default)s); one-cycle cycles it 0.05 either side, as fastai')
     g.add_argument('--nesterov', action=argparse.BooleanOptionalAction, help="Nesterov's momentum, as torch's "
-                   "SGD(nesterov=True) (default: with --schedule linear only)")
+                   "SGD(nesterov=True) (default: but for --schedule one-cycle)")
     g.add_argument('--wd', type=float, default=d.wd, help='weight decay (default %(default)s)')
     g.add_argument('--wd-mode', default=d.wd_mode, help="'l2' (added to the gradient, default) or 'decoupled'")
     g.add_argument('--bn-bias-scale', type=float, default=d.bn_bias_scale,
                    help='batch-norm biases learn at this multiple of the rate, as airbench\'s 64 (default %(default)s)')
     g.add_argument('--label-smoothing', type=float,
-                   help='label smoothing of the cross-entropy, in [0, 1) (default 0.2 with --schedule linear, else 0)')
+                   help='label smoothing of the cross-entropy, in [0, 1) (default 0 with --schedule one-cycle, else 0.2)')
     g.add_argument('--ema', type=float, default=d.ema, help='decay per step of an average of the weights that is '
                                                          'tested and kept at the end, in [0, 1); 0 for none '
                                                          '(default %(default)s)')

@@ -44,12 +44,12 @@ class RunConfig:
     lr_mult: float | None = None    # 'find' trains at this times the suggestion; None: by the budget
     momentum: float = 0.9           # SGD's; one-cycle cycles it from 0.05 above to 0.05 below and back
     nesterov: bool | None = None    # Nesterov's momentum, as torch's `SGD(nesterov=True)`, or heavy ball as fastai;
-                                    # None: by the schedule, Nesterov for 'linear'
+                                    # None: by the schedule, Nesterov but for 'one-cycle'
     wd: float = 5e-4
     wd_mode: str = 'l2'             # 'l2': added to the gradient, as the reports; or 'decoupled'
     bn_bias_scale: float = 1.       # batch-norm biases step at this multiple of the rate (airbench: 64); 1: as the rest
-    label_smoothing: float | None = None  # of torch's `CrossEntropyLoss`; None: by the schedule, 0.2 for 'linear',
-                                          # else 0 (plain cross-entropy, as the reports)
+    label_smoothing: float | None = None  # of torch's `CrossEntropyLoss`; None: by the schedule, 0 for 'one-cycle'
+                                          # (plain cross-entropy, as the reports), else 0.2
     ema: float = 0.998              # decay per step of the weight average tested and kept; 0: none, as the reports
     ema_every: int = 4              # steps between updates of the average (each one costs ~3% of a step)
     lookahead: bool = False         # the average is airbench's lookahead: its decay rises with the share of the fit

@@ -213,10 +213,11 @@ def test_plateau_patience_defaults_to_a_tenth_of_the_epochs(argv, patience):
 
 
 @pytest.mark.parametrize('argv,nesterov,smoothing', [
-    (['train'], False, 0.), (['train', '--schedule', 'one-cycle'], False, 0.),
-    (['train', '--schedule', 'linear'], True, 0.2), (['train', '--nesterov'], True, 0.),
+    (['train'], True, 0.2), (['train', '--schedule', 'one-cycle'], False, 0.),
+    (['train', '--schedule', 'linear'], True, 0.2), (['train', '--schedule', 'one-cycle', '--nesterov'], True, 0.),
+    (['train', '--no-nesterov', '--label-smoothing', '0'], False, 0.),
     (['train', '--schedule', 'linear', '--no-nesterov', '--label-smoothing', '0'], False, 0.)])
-def test_the_linear_schedule_brings_nesterov_and_label_smoothing_unless_told_otherwise(argv, nesterov, smoothing):
+def test_all_but_one_cycle_bring_nesterov_and_label_smoothing_unless_told_otherwise(argv, nesterov, smoothing):
     config = cli._config(cli.parser().parse_args(argv))
     assert (config.nesterov, config.label_smoothing) == (nesterov, smoothing)
 
