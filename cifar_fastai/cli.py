@@ -50,7 +50,8 @@ def _optimisation_options(g, d):
     g.add_argument('--bn-bias-scale', type=float, default=d.bn_bias_scale,
                    help='batch-norm biases learn at this multiple of the rate, as airbench\'s 64 (default %(default)s)')
     g.add_argument('--label-smoothing', type=float,
-                   help='label smoothing of the cross-entropy, in [0, 1) (default 0 with --schedule one-cycle, else 0.2)')
+                   help='label smoothing of the cross-entropy, in [0, 1) '
+                        '(default 0 with --schedule one-cycle, else 0.2)')
     g.add_argument('--ema', type=float, default=d.ema, help='decay per step of an average of the weights that is '
                                                          'tested and kept at the end, in [0, 1); 0 for none '
                                                          '(default %(default)s)')
