@@ -1,5 +1,6 @@
 "Figures of a run that need no predictions: training curves from `metrics.csv` and the augmentation preview"
 import copy
+import math
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from cifar_fastai.checks import whole
 from cifar_fastai.io import atomic_write
 from cifar_fastai.transforms import AlbumentationsTransform, AlternatingFlip, cifar_augs
 
-__all__ = ['save_figure', 'blank_axes', 'plot_curves', 'train_augs', 'plot_augmentations']
+__all__ = ['save_figure', 'blank_axes', 'smoothed_loss_floor', 'plot_curves', 'train_augs', 'plot_augmentations']
 
 
 def save_figure(fig: Figure, path=None, dpi: int = 120) -> Figure:
@@ -40,8 +41,16 @@ def _metric_rows(metrics) -> list:
     return rows
 
 
-def plot_curves(metrics, path=None) -> Figure:
-    "Train and test accuracy and loss, and learning rate (log scale), per epoch from `metrics` (rows, file or run)"
+def smoothed_loss_floor(label_smoothing: float, n_classes: int = 10) -> float:
+    "The lowest loss cross-entropy with `label_smoothing` can reach: the entropy of its target distribution"
+    if not label_smoothing: return 0.
+    true, other = 1 - label_smoothing + label_smoothing / n_classes, label_smoothing / n_classes
+    return -(true * math.log(true) + (n_classes - 1) * other * math.log(other))
+
+
+def plot_curves(metrics, path=None, label_smoothing: float = 0., n_classes: int = 10) -> Figure:
+    """Train and test accuracy and loss, and learning rate (log scale), per epoch from `metrics` (rows, file or run);
+    with `label_smoothing` the loss panel marks the floor that smoothing puts under the loss"""
     rows = _metric_rows(metrics)
     epochs = [r['epoch'] for r in rows]
     fig = Figure(figsize=(15, 4.3), layout='constrained')
@@ -50,6 +59,9 @@ def plot_curves(metrics, path=None) -> Figure:
         for split in ('train', 'test'):
             ax.plot(epochs, [scale * r[f'{split}_{name}'] for r in rows], marker='o', ms=3, label=split)
         ax.set_title(f'{name.capitalize()} per epoch'); ax.set_ylabel(f'{name} (%)' if scale == 100 else name)
+    if label_smoothing:
+        axs[1].axhline(smoothed_loss_floor(label_smoothing, n_classes), color='gray', ls=':',
+                       label=f'lowest possible with label smoothing {label_smoothing:g}')
     axs[2].plot(epochs, [r['lr'] for r in rows], marker='o', ms=3, color='tab:green', label='mean lr of the epoch')
     axs[2].set_yscale('log'); axs[2].set_title('Learning rate'); axs[2].set_ylabel('learning rate (log scale)')
     for ax in axs:

@@ -76,12 +76,12 @@ def interpret_run(learn: Learner, run, k: int = 25, order: str = 'confident', se
                   faithfulness_images: int = 100, faithfulness_steps: int = 8) -> list[Path]:
     "Write every picture, the maps' faithfulness and `report.md` into run folder `run`, predicting the test set once"
     run = Path(run)
-    read_config(run)
+    smoothing = read_config(run).get('label_smoothing', 0.)
     cam_class(cam)
     p = predict(learn)
     interp, idxs = PredictionsInterpretation(learn, p), top_mistakes(p, k, order, seed)
     steps = dict(class_accuracy=lambda path: plot_class_accuracy(p, path),
-                 curves=lambda path: plot_curves(run, path),
+                 curves=lambda path: plot_curves(run, path, smoothing, len(learn.dls.vocab)),
                  augmentations=lambda path: plot_augmentations(learn.dls, seed=seed, path=path),
                  **_mistake_steps(learn, p, idxs, cam),
                  confusion_matrix=lambda path: plot_confusion_matrix(interp, path),

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from matplotlib.figure import Figure
 from PIL import Image
 
@@ -211,6 +212,21 @@ def test_curves_plot_accuracy_loss_and_log_lr_from_a_metrics_csv(tmp_path):
     assert acc.lines[1].get_ydata() == pytest.approx([100 * r['test_accuracy'] for r in rows])
     assert loss.lines[0].get_ydata() == pytest.approx([r['train_loss'] for r in rows], rel=1e-5)
     assert '75.00 % at epoch 5' in fig._suptitle.get_text()
+
+
+@pytest.mark.parametrize('eps', [0.1, 0.2])
+def test_curves_of_a_smoothed_loss_mark_the_lowest_loss_torchs_smoothed_cross_entropy_can_reach(tmp_path, eps):
+    rows = [dict(epoch=e, train_loss=1.5 / e, train_accuracy=.5, test_loss=1.4 / e, test_accuracy=.5, lr=.1,
+                 seconds=1.) for e in (1, 2)]
+    loss = plot_curves(rows, label_smoothing=eps).axes[1]
+    floor = loss.lines[2].get_ydata()[0]
+    # torch's loss at logits whose softmax is the smoothed target is the least: nudging them anywhere raises it
+    target = torch.full((1, 10), eps / 10, dtype=torch.float64); target[0, 3] += 1 - eps
+    logits = target.log().requires_grad_()
+    least = F.cross_entropy(logits, torch.tensor([3]), label_smoothing=eps)
+    (grad,) = torch.autograd.grad(least, logits)
+    assert floor == pytest.approx(least.item(), rel=1e-9) and grad.abs().max() < 1e-12
+    assert 'label smoothing' in loss.lines[2].get_label() and len(plot_curves(rows).axes[1].lines) == 2
 
 
 def test_curves_name_the_missing_file(tmp_path):
