@@ -92,8 +92,8 @@ def test_a_new_run_says_it_before_the_range_test(tmp_path, monkeypatch):
     monkeypatch.setattr('cifar_fastai.expected.FULL_CIFAR10', (80, 80))  # as if these 80 + 80 images were CIFAR-10
     monkeypatch.setattr('cifar_fastai.run._find_lr_on_main', _range_test)
     write_folders(tmp_path / 'data', classes=('cat', 'dog'), n=40)  # a batch of the default 64 to train on
-    config, lines = RunConfig(data=str(tmp_path / 'data'), epochs=1, interpret=False), []
+    config, lines = RunConfig(data=str(tmp_path / 'data'), epochs=8, schedule='linear', interpret=False), []
     with pytest.raises(_RangeTest): train(config, tmp_path / 'run', log=lines.append, progress=False)
     said = expectation(config, 80, 80)
-    assert said.startswith('Measured before on full CIFAR-10 (BENCHMARKS.md), plateau for 50 epochs: ')
+    assert said.startswith('Measured before on full CIFAR-10 (BENCHMARKS.md), linear for 8 epochs: ')
     assert lines[1:] == [said]  # after the line on the data, before the range test
