@@ -18,7 +18,8 @@ from cifar_fastai.run import RunConfig, read_config, train
 
 def table(runs: list) -> str:
     "Markdown: one row per epoch, the reference log and each run's test accuracy (%) and its lead"
-    metrics = {Path(r).name: {m['epoch']: 100 * m['test_accuracy'] for m in read_metrics(Path(r) / METRICS)} for r in runs}
+    metrics = {Path(r).name: {m['epoch']: 100 * m['test_accuracy'] for m in read_metrics(Path(r) / METRICS)}
+               for r in runs}
     n = max([max(m, default=0) for m in metrics.values()] + [max(REFERENCE_EPOCHS)])
     head = '| epoch | reference log | ' + ' | '.join(f'{name} | lead' for name in metrics) + ' |'
     lines = [head, '|' + '---|' * (2 + 2 * len(metrics))]
@@ -27,9 +28,11 @@ def table(runs: list) -> str:
         cells = []
         for m in metrics.values():
             ours = m.get(e)
-            cells += [f'{ours:.2f} %' if ours is not None else '', f'{ours - ref:+.2f}' if ours is not None and ref else '']
+            if ours is None: cells += ['', '']
+            else: cells += [f'{ours:.2f} %', f'{ours - ref:+.2f}' if ref else '']
         lines.append(f"| {e} | {f'{ref:.2f} %' if ref else ''} | " + ' | '.join(cells) + ' |')
-    lines.append(f'| 50 | {REFERENCE_FINAL[0]} % and {REFERENCE_FINAL[1]} % (two reports) |' + ' |' * (2 * len(metrics)))
+    final = f'{REFERENCE_FINAL[0]} % and {REFERENCE_FINAL[1]} % (two reports)'
+    lines.append(f'| 50 | {final} |' + ' |' * (2 * len(metrics)))
     return '\n'.join(lines)
 
 

@@ -41,8 +41,9 @@ def table(records: list, mult: float = RunConfig.lr_mult, suggestion: str = 'min
         found = [by_seed[s]['suggestions'][suggestion] for s in seeds if s in by_seed]
         cells = [f"{by_seed[s]['suggestions'][suggestion]:.5f}" if s in by_seed else '' for s in seeds]
         seconds = statistics.mean(r['seconds'] for r in by_seed.values())
-        lines.append(f"| {iters} | {' | '.join(cells)} | {max(found) / min(found):.2f} | {statistics.median(found):.5f} | "
-                     f"{mult * statistics.median(found):.5f} | {seconds:.0f} |")
+        median = statistics.median(found)
+        lines.append(f"| {iters} | {' | '.join(cells)} | {max(found) / min(found):.2f} | {median:.5f} | "
+                     f"{mult * median:.5f} | {seconds:.0f} |")
     return '\n'.join(lines)
 
 

@@ -192,7 +192,7 @@ class OursFit:
         self.dls = cifar_dls(bench_data(files, labels, test_files, test_labels, classes), bs=bs, seed=0, device=device,
                              num_workers=workers)
         self.learn = cifar_learner(self.dls, lr=LR, momentum=MOMENTUM, wd=WD, precision='auto', channels_last=True,
-                                   ema=EMA(RunConfig.ema, RunConfig.ema_every))  # the weight average of `cifar-fastai train`
+                                   ema=EMA(RunConfig.ema, RunConfig.ema_every))  # `cifar-fastai train`'s average
         self.timer = TrainTimer()
         with self.learn.no_bar(), self.learn.no_logging(): self.learn.fit(1, cbs=StopAfter(WARMUP_STEPS))
         workers = self.dls.train.fake_l.num_workers  # fastai's own `dl.num_workers` is a placeholder 1
@@ -294,7 +294,7 @@ def contenders(args, files, labels, test_files, test_labels, classes) -> tuple[l
     ref = Remote('1. reference: PyTorch loop, fp32, OpenCV files + Albumentations, DataLoader', ReferenceLoop,
                  workers=args.ref_workers, **data, **common)
     bare = Remote(f'2. bare step, {best} + channels_last (ceiling)', BareStep, n_images=n, **common, **on)
-    ours = [Remote(f'3. ours: Learner.fit, cifar_dls + cifar_learner(auto, channels_last)' +
+    ours = [Remote('3. ours: Learner.fit, cifar_dls + cifar_learner(auto, channels_last)' +
                    ('' if w is None else f', num_workers={w}'), OursFit, workers=w, **data, **common, **on)
             for w in args.our_workers]
     extras = [Remote(f'bare step, {p} + {"channels_last" if cl else "contiguous"}', BareStep, n_images=n,
@@ -339,7 +339,8 @@ def hardware() -> str:
     fields = {k.strip(): v for k, v in (l.split(':', 1) for l in info.splitlines() if ':' in l)}
     cores = fields.get('cpu cores', '?').strip()
     flags = [f for f in ('avx512_bf16', 'amx_bf16') if f in fields.get('flags', '').split()]
-    return (f"{cpu_name()} ({', '.join(flags) or 'no bf16 instructions'}), {os.cpu_count()} logical CPUs, {cores} cores; "
+    return (f"{cpu_name()} ({', '.join(flags) or 'no bf16 instructions'}), {os.cpu_count()} logical CPUs, "
+            f"{cores} cores; "
             f"torch {torch.__version__}, fastai {fastai.__version__}, albumentations {A.__version__}, "
             f"OpenCV {cv2.__version__}, Python {platform.python_version()}")
 
@@ -417,7 +418,8 @@ def table(args, train: list[Remote], loaders: list[Remote], n_images: int, start
 def parse_args(argv=None):
     default_data = os.environ.get('CIFAR10_DIR') or REPO.parent/'shared'/'data'/'cifar10'
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--data', type=Path, default=Path(default_data), help='class folders train/<class>/*, test/<class>/*')
+    p.add_argument('--data', type=Path, default=Path(default_data),
+                   help='class folders train/<class>/*, test/<class>/*')
     p.add_argument('--n-images', type=int, default=2560, help='training images, the first n/10 files of each class')
     p.add_argument('--bs', type=int, default=128, help='batch size, every contender')
     p.add_argument('--rounds', type=int, default=3, help='timed epochs per contender, alternated')

@@ -40,5 +40,6 @@ def test_table_gives_each_epoch_the_lead_over_the_reference_log(bench, tmp_path)
     ([0.6, 0.6], 'ahead of the reference log at 1 of 2 epochs (it stopped after epoch 2)')])
 def test_describe_names_the_rate_rule_and_the_verdict(bench, tmp_path, accuracies, verdict):
     text = bench.describe(_run(tmp_path/'run', accuracies))
-    assert text.startswith('- `run`: plateau (patience 5, threshold 0.0001), lr 0.0053 (lr_find of 300 batches minimum x 4)')
+    assert text.startswith('- `run`: plateau (patience 5, threshold 0.0001), '
+                           'lr 0.0053 (lr_find of 300 batches minimum x 4)')
     assert text.endswith(f'Test CPU; {verdict}')

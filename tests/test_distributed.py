@@ -76,7 +76,7 @@ def _worker(rank: int, port: int, tmp: Path):
 
 
 def _runs(rank: int, port: int, tmp: Path):
-    "A found-lr run, a whole one and its twin interrupted and resumed, a refused folder, a NaN and an error on process 1"
+    "A found-lr run, a whole one and its twin interrupted and resumed, a refused folder, a NaN, an error on process 1"
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_WORLD_SIZE=str(WORLD),
                       MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     from cifar_fastai.callbacks import NonFiniteLossError
@@ -98,7 +98,8 @@ def _runs(rank: int, port: int, tmp: Path):
     _save(resumed, tmp / f'resumed-{rank}.pth')
     with pytest.raises(ConfigError) as refused: train(resumable, tmp / 'cut', **quiet)  # rank 0's folder holds a run
     (tmp / f'refused-{rank}.txt').write_text(str(refused.value))
-    with pytest.raises(NonFiniteLossError) as nan: train(resumable, tmp / 'nan', cbs=[FailOnRank1(float('nan'))], **quiet)
+    with pytest.raises(NonFiniteLossError) as nan:
+        train(resumable, tmp / 'nan', cbs=[FailOnRank1(float('nan'))], **quiet)
     (tmp / f'nan-{rank}.txt').write_text(str(nan.value))
     try: train(resumable, tmp / 'bug', cbs=[FailOnRank1(RuntimeError('a bug on rank 1'))], **quiet)
     except Exception as e:  # the process ends with it, as the command line does
