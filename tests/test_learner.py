@@ -38,8 +38,19 @@ def test_a_range_test_that_diverges_to_nan_ends_there_and_suggests_from_before(d
     learn.add_cb(NanFrom(25))
     found = find_lr(learn, num_it=40)
     assert len(learn.recorder.losses) == 24 and all(torch.isfinite(torch.as_tensor(learn.recorder.losses)))
-    assert 0 < found['minimum'] < learn.recorder.lrs[-1]
     assert all(torch.equal(weights[k], v) for k, v in learn.model.state_dict().items())  # put back as without a NaN
+
+
+@pytest.mark.parametrize('nan_from,rules', [(None, ('minimum', 'slide', 'steep', 'valley')),
+                                             (25, ('minimum', 'steep', 'valley'))])  # fastai's slide fails on 15 points
+def test_every_suggestion_is_the_one_fastais_lr_find_gives_for_the_same_recorded_test(dls, tmp_path, nan_from, rules):
+    from fastai.callback import schedule
+    from cifar_fastai.rangetest import _suggestions
+    learn = cifar_learner(dls, model=_small_model(), path=tmp_path, precision='fp32', channels_last=False)
+    if nan_from: learn.add_cb(NanFrom(nan_from))
+    theirs = learn.lr_find(num_it=40, show_plot=False, suggest_funcs=[getattr(schedule, r) for r in rules])
+    ours = _suggestions(learn.recorder, 40)
+    assert {r: ours[r] for r in rules} == pytest.approx(theirs._asdict(), rel=1e-6)
 
 
 def _small_model() -> torch.nn.Module:
