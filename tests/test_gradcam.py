@@ -237,11 +237,15 @@ def test_overlay_blends_image_and_colormap_by_alpha(kind, alpha):
     image, rgb = _images()[kind]
     heat = torch.linspace(0, 1, 42).view(6, 7)
     out = overlay(image, heat, alpha=alpha, cmap='viridis')
-    colours = matplotlib.colormaps['viridis'](heat.numpy())[..., :3]
     assert out.shape == (6, 7, 3) and out.min() >= 0 and out.max() <= 1
-    np.testing.assert_allclose(out, (1 - alpha) * rgb + alpha * colours, atol=1e-6)
+    # viridis' first and last colours, from matplotlib's table (_cm_listed._viridis_data), at heat 0 and heat 1
+    for pixel, colour in (((0, 0), (0.267004, 0.004874, 0.329415)), ((5, 6), (0.993248, 0.906157, 0.143936))):
+        np.testing.assert_allclose(out[pixel], [(1 - alpha) * c + alpha * v for c, v in zip(rgb[pixel], colour)],
+                                   atol=1e-6)
     if alpha == 0: np.testing.assert_allclose(out, rgb, atol=1e-6)
-    if alpha == 1: np.testing.assert_allclose(out, colours, atol=1e-6)
+    if alpha == 1: np.testing.assert_allclose(out, matplotlib.colormaps['viridis'](heat.numpy())[..., :3], atol=1e-6)
+    ends = [overlay(image, heat, alpha=a, cmap='viridis') for a in (0., 1.)]
+    np.testing.assert_allclose(out, (1 - alpha) * ends[0] + alpha * ends[1], atol=1e-6)  # linear in alpha
 
 
 @pytest.mark.parametrize('heatmap,alpha,message', [(np.zeros((5, 7)), 0.5, 'heatmap of shape'),
