@@ -156,7 +156,8 @@ def test_label_smoothing_loss_is_the_hand_computed_mixture(dls, eps):
     learn = cifar_learner(dls, label_smoothing=eps, precision='fp32')
     logits, y = torch.randn(6, 10, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 3, 9, 1, 1, 5])
     logp = logits.log_softmax(-1)
-    expected = ((1 - eps) * -logp[torch.arange(6), y] + eps * -logp.mean(-1)).mean()  # eps spread evenly over the 10 classes
+    # eps spread evenly over the 10 classes
+    expected = ((1 - eps) * -logp[torch.arange(6), y] + eps * -logp.mean(-1)).mean()
     assert float(learn.loss_func(logits, y)) == pytest.approx(float(expected), rel=1e-6)
 
 

@@ -65,7 +65,8 @@ def _torch_rates(lr: float, total: int, n_up: int, n_down: int) -> list:
 
 def test_warmup_and_anneal_match_torchs_linear_schedulers():
     dls = cifar_dls(synthetic_cifar(80, 16), bs=8, seed=0)  # 10 steps an epoch
-    learn = cifar_learner(dls, _tiny(), precision='fp32', ema=0, plateau=dict(patience=100), cbs=[WarmupAnneal(0.2, 0.3)])
+    learn = cifar_learner(dls, _tiny(), precision='fp32', ema=0, plateau=dict(patience=100),
+                          cbs=[WarmupAnneal(0.2, 0.3)])
     learn.fit(3, 0.1, cbs=(seen := StepRates()))
     assert seen.rates == pytest.approx(_torch_rates(0.1, 30, n_up=6, n_down=9))
     assert learn.opt.hypers[0]['lr'] == pytest.approx(0.1)  # the plateau's own rate is left as it set it
