@@ -1,6 +1,7 @@
 "Callbacks for a CIFAR run: ReduceLROnPlateau, the per-epoch record and test pass (with flip TTA), a non-finite stop"
 import csv
 import math
+import statistics
 import time
 from pathlib import Path
 
@@ -251,11 +252,13 @@ def format_row(row: dict, n_epoch: int | None = None) -> str:
 
 
 def time_left(rows: list, n_epoch: int, last: int = 3) -> str:
-    "' | about 1 h 5 min left': the epochs after `rows` at the mean pace of the `last` ones, or '' when none are left"
+    "' | about 1 h 5 min left': the epochs after `rows` at the median pace of the `last` ones; '' when none are left"
     left = n_epoch - rows[-1]['epoch']
     if left <= 0: return ''
-    recent = rows[-last:]  # recent epochs: a resumed run may be on another machine, and the first pays for warm-up
-    minutes = max(1, round(left * sum(r['seconds'] for r in recent) / len(recent) / 60))
+    # recent epochs: a resumed run may be on another machine, and the first pays for warm-up; their median, as one
+    # epoch that shared the cores with other work would move a mean for the next three
+    recent = [r['seconds'] for r in rows[-last:]]
+    minutes = max(1, round(left * statistics.median(recent) / 60))
     hours, minutes = divmod(minutes, 60)
     return f" | about {f'{hours} h ' if hours else ''}{minutes} min left"
 

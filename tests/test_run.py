@@ -196,7 +196,9 @@ def test_the_training_line_says_what_is_left(epochs, done, partial, plan):
 
 
 @pytest.mark.parametrize('seconds,n_epoch,left', [
-    ([600, 300, 330, 360], 10, ' | about 33 min left'),   # 6 epochs at 330 s, the mean of the last three
+    ([600, 300, 330, 360], 10, ' | about 33 min left'),   # 6 epochs at 330 s, the median of the last three
+    ([360, 744, 378], 50, ' | about 4 h 56 min left'),    # 47 at 378 s, not at the mean 494 s (6 h 27 min)
+    ([300, 420], 5, ' | about 18 min left'),              # 3 at 360 s, the median of two
     ([4000], 3, ' | about 2 h 13 min left'),              # 2 x 4000 s = 133.3 min
     ([5, 5], 3, ' | about 1 min left'),                    # 5 s: said as a minute, never as 0
     ([300, 300, 300], 3, '')])                            # the last epoch
