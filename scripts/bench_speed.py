@@ -340,8 +340,7 @@ def hardware() -> str:
     cores = fields.get('cpu cores', '?').strip()
     flags = [f for f in ('avx512_bf16', 'amx_bf16') if f in fields.get('flags', '').split()]
     return (f"{cpu_name()} ({', '.join(flags) or 'no bf16 instructions'}), {os.cpu_count()} logical CPUs, "
-            f"{cores} cores; "
-            f"torch {torch.__version__}, fastai {fastai.__version__}, albumentations {A.__version__}, "
+            f"{cores} cores; torch {torch.__version__}, fastai {fastai.__version__}, albumentations {A.__version__}, "
             f"OpenCV {cv2.__version__}, Python {platform.python_version()}")
 
 

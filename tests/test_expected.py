@@ -93,9 +93,8 @@ def test_a_new_run_says_it_before_the_range_test(tmp_path, monkeypatch):
     monkeypatch.setattr('cifar_fastai.expected.measured_runs', lambda: RUNS)  # not the shipped table, which changes
     monkeypatch.setattr('cifar_fastai.run._find_lr_on_main', _range_test)
     write_folders(tmp_path / 'data', classes=('cat', 'dog'), n=40)  # a batch of the default 64 to train on
-    lines = []
-    with pytest.raises(_RangeTest):
-        train(RunConfig(data=str(tmp_path / 'data'), interpret=False), tmp_path / 'run', log=lines.append, progress=False)
+    config, lines = RunConfig(data=str(tmp_path / 'data'), interpret=False), []
+    with pytest.raises(_RangeTest): train(config, tmp_path / 'run', log=lines.append, progress=False)
     # after the line on the data, before the range test, in RUNS' words for 'd'
     assert lines[1:] == ["Measured before on full CIFAR-10 (BENCHMARKS.md), plateau for 50 epochs: 91.34 % test "
                          "accuracy (92.03 % with flip TTA), seed 0, about 291 min on 2 cores of CPU B"]
