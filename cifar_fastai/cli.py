@@ -37,7 +37,7 @@ def _optimisation_options(g, d):
     g.add_argument('--lr-suggestion', default=d.lr_suggestion,
                    help="which lr_find suggestion 'find' uses: valley, slide, minimum (default) or steep")
     g.add_argument('--lr-mult', type=float, help='with --lr find, train at this times the suggestion (default: by the '
-                                                 'budget, 5 for plateau and 20 for one-cycle)')
+                                                 'budget, 5 for plateau, 20 for one-cycle and linear)')
     g.add_argument('--lr-find-iters', type=int, default=d.lr_find_iters,
                    help=f'batches of the LR range test (default {LR_FIND_ITERS}, or {LR_FIND_PASSES} passes over '
                         'the training images if that is fewer)')

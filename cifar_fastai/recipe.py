@@ -16,9 +16,9 @@ def budget_defaults(epochs: int, schedule: str = 'plateau') -> dict:
         plateau_patience=epochs // 10,       # a tenth of the budget: 0 at 5 epochs, 5 at 50 (torch's 10 never acts)
         pad=4 if epochs >= 10 else 0,        # a 4-pixel random translation, as every anchor past 20 epochs; at 5 epochs
                                              # it cost accuracy (docs/results/sweeps.csv: oc-lr1-pad0, full-one-cycle)
-        lr_mult=5. if schedule == 'plateau' else 20.,  # x lr_find's 'minimum'; one-cycle peaks higher, after a warm-up
+        lr_mult=5. if schedule == 'plateau' else 20.,  # x lr_find's 'minimum'; one-cycle and linear peak higher
         **_RAMPS.get(schedule, dict(warmup=0., anneal=0.)),
-        # both led one-cycle on held-out images at 8 epochs and the plain plateau at 20 (docs/recipes.md)
+        # chosen on held-out images: the plateau's at 20 epochs, the linear recipe's from airbench (docs/recipes.md)
         nesterov=schedule in _FAST, label_smoothing=0.2 if schedule in _FAST else 0.,
     )
 
