@@ -134,8 +134,10 @@ class StopOnNonFinite(Callback):
         where = f" on {n_bad} of the {torch.distributed.get_world_size()} processes" if in_process_group() else ''
         value = 'non-finite' if finite else float(self.loss.detach())
         at = f"epoch {self.epoch + 1}, batch {batches_done(self.learn) + 1}"  # `iter` restarts on a resume inside one
-        raise NonFiniteLossError(f"The training loss became {value}{where} at {at}: the learning rate "
-                                 f"({self.opt.hypers[-1]['lr']:.3g}) is probably too high; try a lower --lr.")
+        lr = self.opt.hypers[-1]['lr']
+        raise NonFiniteLossError(f"The training loss became {value}{where} at {at}: the learning rate ({lr:.3g}) is "
+                                 f"probably too high; start a new run with a lower --lr (with --lr find, a lower "
+                                 f"--lr-mult).")
 
 
 class FlipEpoch(Callback):

@@ -1,7 +1,9 @@
 "The range rules of arguments and options, each written once: library functions and `RunConfig.check` share them"
 from cifar_fastai.errors import ConfigError
 
-__all__ = ['one_of', 'whole', 'positive', 'non_negative', 'within']
+__all__ = ['IMAGE_SIZE', 'one_of', 'whole', 'positive', 'non_negative', 'within']
+
+IMAGE_SIZE = 32  # CIFAR-10's side in pixels; the data refuses images of any other size
 
 # `name` is what the message calls the value: "`lr`" from Python, "--lr" from the command line. Each rule raises
 # `ConfigError`, a `ValueError`, saying what is wrong and what was given; it returns the value when it passes.
@@ -16,10 +18,12 @@ def one_of(name: str, value, allowed):
     return value
 
 
-def whole(name: str, value, low: int = 1):
-    "`value`, if it is a whole number >= `low`"
-    if not (isinstance(value, int) and not isinstance(value, bool) and value >= low):
-        raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
+def whole(name: str, value, low: int = 1, high: int | None = None):
+    "`value`, if it is a whole number >= `low` (and <= `high`, if given)"
+    ok = isinstance(value, int) and not isinstance(value, bool) and low <= value and (high is None or value <= high)
+    if not ok:
+        span = f">= {low}" if high is None else f"from {low} to {high}"
+        raise ConfigError(f"{name} must be a whole number {span}, got {value!r}")
     return value
 
 

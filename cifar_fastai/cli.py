@@ -15,6 +15,17 @@ def _positive_float_or_find(text: str):
     except ValueError: raise argparse.ArgumentTypeError(f"expected a number or 'find', got {text!r}") from None
 
 
+def _count(low: int):
+    "An argparse type: a whole number >= `low`, which argparse names the option of when it is not"
+    def count(text: str) -> int:
+        try: value = int(text)
+        except ValueError: value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {text!r}")
+        return value
+    return count
+
+
 def _data_options(g, d):
     g.add_argument('--data', help="CIFAR-10 folder (batches or class folders), 'sample' or 'cifar10' (download); "
                                   "default: full CIFAR-10 from $CIFAR10_DIR, fastai's data folder or ./data, else the "
@@ -157,9 +168,9 @@ def parser(typed_only: bool = False) -> argparse.ArgumentParser:
 def _map_options(p: argparse.ArgumentParser):
     from cifar_fastai.gradcam import CAMS, DEFAULT_CAM
     p.add_argument('--cam', default=DEFAULT_CAM, choices=list(CAMS), help='method of the maps (default %(default)s)')
-    p.add_argument('--faithfulness-images', type=int, default=100,
+    p.add_argument('--faithfulness-images', type=_count(0), default=100,
                    help='test images to score every method\'s maps on, 0 for none (default %(default)s)')
-    p.add_argument('--faithfulness-steps', type=int, default=8,
+    p.add_argument('--faithfulness-steps', type=_count(1), default=8,
                    help='steps of the deletion and insertion curves (default %(default)s)')
 
 
@@ -192,12 +203,23 @@ def _train(args, argv):
     config = _resumed_config(args, argv) if args.resume else _config(args)
     bars = sys.stdout.isatty()  # in a log file, a line per epoch instead of every progress update
     try: learn = train(config, out, resume=bool(args.resume), progress=bars)
-    except KeyboardInterrupt:
-        sys.exit(f"\nInterrupted. {out} keeps what was trained up to its last checkpoint; continue with: "
-                 f"cifar-fastai train --resume {out}")
+    except KeyboardInterrupt: sys.exit(_interrupted(out))
     if rank_distrib(): return  # a data-parallel run reports from rank 0 alone
     print(f"Run folder: {out}")
-    if read_config(out)['interpret']: _interpret(learn, out)
+    if not read_config(out)['interpret']: return
+    try: _interpret(learn, out)
+    except KeyboardInterrupt:
+        sys.exit(f"\nInterrupted while drawing the pictures; the trained run is whole. Draw them with: "
+                 f"cifar-fastai interpret {out}")
+
+
+def _interrupted(out) -> str:
+    "What a stop during `train` kept in `out`, and how to go on"
+    from cifar_fastai.layout import CONFIG
+    if not (Path(out) / CONFIG).is_file():
+        return "\nInterrupted before training started: nothing was kept; run the same command again"
+    return (f"\nInterrupted. {out} keeps what was trained up to its last checkpoint; continue with: "
+            f"cifar-fastai train --resume {out}")
 
 
 def _interpret(learn, run):
@@ -272,6 +294,9 @@ def main(argv=None):
         commands[args.command](args)
     except ConfigError as e: p.error(str(e))
     except (UserError, Cifar10Error, OSError) as e: sys.exit(f"cifar-fastai: error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("\nInterrupted; each file written so far is whole (none is left half-written): run the command "
+                 "again to finish")
 
 
 if __name__ == '__main__':

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from fastai.callback.schedule import minimum, slide, steep, valley
 
-from cifar_fastai.checks import non_negative, one_of, positive, whole, within
+from cifar_fastai.checks import IMAGE_SIZE, non_negative, one_of, positive, whole, within
 from cifar_fastai.errors import ConfigError, RunFileError
 from cifar_fastai.io import atomic_write
 from cifar_fastai.layout import CONFIG
@@ -96,7 +96,10 @@ class RunConfig:
             one_of(_option(name), getattr(self, name), allowed)
         positive('--lr-mult', self.lr_mult)
         positive('--bn-bias-scale', self.bn_bias_scale)
-        for name in ('wd', 'plateau_min_lr', 'plateau_threshold', 'plateau_cooldown', 'pad', 'cutout', 'save_every'):
+        whole('--cutout (a side in pixels)', self.cutout, low=0, high=IMAGE_SIZE)
+        for name in ('seed', 'workers'):  # None: unseeded; as many workers as the device wants
+            if getattr(self, name) is not None: whole(_option(name), getattr(self, name), low=0)
+        for name in ('wd', 'plateau_min_lr', 'plateau_threshold', 'plateau_cooldown', 'pad', 'save_every'):
             if getattr(self, name) is not None: non_negative(_option(name), getattr(self, name))
         for name in ('momentum', 'label_smoothing', 'ema', 'valid_pct'): within(_option(name), getattr(self, name))
         within('--cutout-p', self.cutout_p, high_open=False)
@@ -155,7 +158,9 @@ def _kind_name(kind) -> str:
 def read_config(run) -> dict:
     "The `config.json` of run folder `run`, or an error saying it is not a run"
     path = Path(run) / CONFIG
-    if not path.is_file(): raise ConfigError(f"{run} is not a run folder: it has no {CONFIG}")
+    if not path.is_file():
+        raise ConfigError(f"{run} is not a run folder: it has no {CONFIG}; pass a folder that `cifar-fastai train` "
+                          f"wrote (its --out; runs/DATE-TIME by default)")
     try: return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RunFileError(f"{path} is not valid JSON ({e}); {_FIX}") from None

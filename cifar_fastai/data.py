@@ -218,13 +218,13 @@ def _decode_splits(paths: dict, labels: dict, progress: bool) -> dict[str, np.nd
 
 
 def _check_bad(root: Path, bad: list[str], skip_bad: bool):
-    "Raise listing the `bad` files, or only warn if `skip_bad`"
+    "Raise naming the first of the `bad` files in one line, or if `skip_bad` warn listing them"
     if not len(bad): return
+    if not skip_bad:
+        raise Cifar10Error(f'{root}: {len(bad)} files are not 32x32 images, the first {bad[0]}; fix or remove them, '
+                           f'or pass --skip-bad (skip_bad=True) to leave them out, listed in a warning')
     more = f'\n  ... and {len(bad) - _MAX_LISTED} more' if len(bad) > _MAX_LISTED else ''
-    listed = '\n  '.join(bad[:_MAX_LISTED]) + more
-    if skip_bad: warnings.warn(f'{root}: skipped {len(bad)} bad image files:\n  {listed}')
-    else: raise Cifar10Error(f'{root}: {len(bad)} files are not 32x32 images:\n  {listed}\n'
-                             f'Fix or remove them, or pass skip_bad=True (--skip-bad) to leave them out')
+    warnings.warn(f'{root}: skipped {len(bad)} bad image files:\n  ' + '\n  '.join(bad[:_MAX_LISTED]) + more)
 
 
 def read_folders(root: Path, skip_bad: bool = False, cache: bool = True, progress: bool = True,

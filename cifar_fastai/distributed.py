@@ -10,13 +10,13 @@ from fastai.torch_core import rank_distrib
 from torch import nn
 
 from cifar_fastai.collective import broadcast_value, unwrap
-from cifar_fastai.errors import ConfigError, PeerFailedError
+from cifar_fastai.errors import ConfigError, MissingPackageError, PeerFailedError
 from cifar_fastai.loaders import AsyncCopy
 from cifar_fastai.transforms import AlbumentationsTransform
 
 try: from fastai.distributed import DistributedDL, DistributedTrainer
 except (ImportError, NameError) as e:  # fastai.distributed names accelerate's `Accelerator` when it is imported
-    raise ImportError("Data-parallel training needs Hugging Face Accelerate: pip install accelerate") from e
+    raise MissingPackageError("Data-parallel training needs Hugging Face Accelerate: pip install accelerate") from e
 
 __all__ = ['start_process_group', 'broadcast_value', 'single_process', 'CollectiveDL',
            'DataParallelTrainer', 'peer_failures', 'data_parallel', 'seed_by_rank', 'revert_sync_batchnorm']

@@ -1,6 +1,6 @@
 "The errors the package raises for the user to act on: each message names what is wrong and what to do, in one line"
 
-__all__ = ['UserError', 'ConfigError', 'RunFileError', 'PeerFailedError']
+__all__ = ['UserError', 'ConfigError', 'RunFileError', 'PeerFailedError', 'MissingPackageError']
 
 
 class UserError(Exception):
@@ -24,3 +24,7 @@ class RunFileError(UserError, ValueError):
 
 class PeerFailedError(UserError, RuntimeError):
     "Another process of a data-parallel run failed, which ends this one too"
+
+
+class MissingPackageError(UserError, ImportError):
+    "A feature needs a package that is not installed"

@@ -104,7 +104,9 @@ def load_run(run, data=None, train: bool = False) -> Learner:
     run = Path(run)
     config, record = saved_config(run)
     weights = run / WEIGHTS
-    if not weights.is_file(): raise FileNotFoundError(f"{weights} does not exist: the run has not finished training")
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} does not exist: the run has not finished training; finish it with: "
+                                f"cifar-fastai train --resume {run}")
     state = load_tensors(weights, "a weights file (a plain state dict)", _FIX)
     learn = run_learner(run_dls(config, data=data or recorded_data(record), test_only=not train), config, run)
     load_weights(learn.model, state, weights, _FIX)

@@ -5,6 +5,7 @@ from fastai.callback.progress import ProgressCallback
 from fastai.learner import Learner
 from fastprogress.fastprogress import progress_bar
 
+from cifar_fastai.checks import whole
 from cifar_fastai.config import read_config
 from cifar_fastai.evaluate import Predictions, predict
 from cifar_fastai.gradcam import DEFAULT_CAM, cam_class
@@ -53,6 +54,13 @@ def write_faithfulness(learn: Learner, p: Predictions, run, n: int = 100, steps:
     return Path(run) / FAITHFULNESS
 
 
+def _check_scoring(cam: str, images: int, steps: int):
+    "Refuse a bad map method or faithfulness setting before the test set is predicted"
+    cam_class(cam)
+    whole('`faithfulness_images` (test images to score maps on; 0: none)', images, low=0)
+    whole('`faithfulness_steps`', steps)
+
+
 def _scored(learn: Learner, p: Predictions, run: Path, n: int, steps: int, seed: int) -> list:
     "[the path of `faithfulness.md`] after scoring the maps on `n` test images; [] when `n` is 0"
     return [write_faithfulness(learn, p, run, n, steps, seed)] if n else []
@@ -63,7 +71,7 @@ def gradcam_run(learn: Learner, run, k: int = 25, order: str = 'confident', seed
     "Write `k` misclassified test images, their maps by `cam` and the maps' faithfulness into run folder `run`"
     run = Path(run)
     read_config(run)  # fail before predicting if `run` is not a run folder
-    cam_class(cam)
+    _check_scoring(cam, faithfulness_images, faithfulness_steps)
     p = predict(learn)
     idxs = top_mistakes(p, k, order, seed)
     paths = _draw(_mistake_steps(learn, p, idxs, cam), run, _shows_bars(learn))
@@ -77,7 +85,7 @@ def interpret_run(learn: Learner, run, k: int = 25, order: str = 'confident', se
     "Write every picture, the maps' faithfulness and `report.md` into run folder `run`, predicting the test set once"
     run = Path(run)
     smoothing = read_config(run).get('label_smoothing', 0.)
-    cam_class(cam)
+    _check_scoring(cam, faithfulness_images, faithfulness_steps)
     p = predict(learn)
     interp, idxs = PredictionsInterpretation(learn, p), top_mistakes(p, k, order, seed)
     steps = dict(class_accuracy=lambda path: plot_class_accuracy(p, path),

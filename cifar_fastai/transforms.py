@@ -10,7 +10,7 @@ from fastai.torch_core import TensorImage
 from fastcore.basics import store_attr
 from fasttransform import Transform
 
-from cifar_fastai.checks import whole, within
+from cifar_fastai.checks import IMAGE_SIZE, whole, within
 from cifar_fastai.errors import ConfigError
 
 __all__ = ['CIFAR10_MEAN', 'CIFAR10_STD', 'AlbumentationsTransform', 'AlternatingFlip', 'cifar_augs']
@@ -25,7 +25,8 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 def cifar_augs(pad: int = 0, flip: bool = True, cutout: int = 16, cutout_p: float = 0.5,
                fill: Sequence[int] | None = None) -> A.Compose:
     "The reports' training pipeline, horizontal flip and a `cutout`x`cutout` hole; `pad` > 0 adds a reflect-pad crop"
-    for name, value in (('pad', pad), ('cutout', cutout)): whole(f'`{name}`', value, low=0)
+    whole('`pad`', pad, low=0)
+    whole('`cutout` (a side in pixels)', cutout, low=0, high=IMAGE_SIZE)
     within('`cutout_p` (a probability)', cutout_p, high_open=False)
     fill = tuple(round(255 * m) for m in CIFAR10_MEAN) if fill is None else tuple(fill)  # a hole normalises to ~0
     tfms = []

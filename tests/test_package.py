@@ -95,3 +95,13 @@ def test_the_package_has_no_import_cycle():
         return any(m == target or (m not in seen and reaches(m, target, seen + (m,))) for m in modules.get(start, ()))
     assert 'errors' in modules['distributed'] and 'run' not in modules['distributed']  # ConfigError from errors.py
     assert [m for m in modules if reaches(m, m)] == []
+
+
+def test_without_accelerate_data_parallel_training_says_what_to_install(monkeypatch):
+    import importlib
+    from cifar_fastai.errors import MissingPackageError, UserError
+    monkeypatch.setitem(sys.modules, 'fastai.distributed', None)  # as if Accelerate, which it needs, were missing
+    monkeypatch.delitem(sys.modules, 'cifar_fastai.distributed', raising=False)
+    with pytest.raises(MissingPackageError, match='pip install accelerate') as e:
+        importlib.import_module('cifar_fastai.distributed')
+    assert isinstance(e.value, UserError)  # the command line prints it in one line

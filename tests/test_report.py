@@ -233,3 +233,12 @@ def test_report_says_when_the_plateau_cut_the_rate(losses, config, said):
 def test_report_of_a_one_cycle_run_says_nothing_of_a_plateau():
     from cifar_fastai.report_md import _plateau_acts
     assert _plateau_acts({**PLATEAU, 'schedule': 'one-cycle'}, [{'epoch': 1, 'test_loss': 1.}]) == ''
+
+
+@pytest.mark.parametrize('kwargs,named', [(dict(faithfulness_images=-1), 'faithfulness_images'),
+                                          (dict(faithfulness_steps=0), 'faithfulness_steps'), (dict(cam='cam'), 'cam')])
+@pytest.mark.parametrize('write', [interpret_run, gradcam_run])
+def test_bad_map_settings_are_refused_before_the_test_set_is_predicted(write, kwargs, named, tmp_path, monkeypatch):
+    (tmp_path / 'config.json').write_text('{}')
+    monkeypatch.setattr('cifar_fastai.report.predict', lambda *a, **k: pytest.fail('the test set was predicted'))
+    with pytest.raises(ValueError, match=named): write(None, tmp_path, **kwargs)

@@ -133,17 +133,64 @@ def test_evaluate_tta_translate_prints_the_six_view_accuracy(sample_run, capsys)
     (['train', '--momentum', '1'], '--momentum'),
     (['train', '--schedule', 'one-cycle', '--momentum', '0.97'], '--momentum'),
     (['train', '--cutout-p', '1.5'], '--cutout-p'), (['train', '--cutout', '-1'], '--cutout'),
+    (['train', '--cutout', '33'], '--cutout'), (['train', '--seed', '-1'], '--seed'),
+    (['train', '--workers', '-1'], '--workers'),
     (['train', '--pad', '-1'], '--pad'),
     (['train', '--plateau-cooldown', '-1'], '--plateau-cooldown'),
     (['train', '--plateau-threshold', '-0.1'], '--plateau-threshold'),
-    (['train', '--resume', 'no-such-run'], 'not a run folder'), (['lr-find', '--bs', '-1'], '--bs')])
+    (['train', '--resume', 'no-such-run'], 'not a run folder'), (['lr-find', '--bs', '-1'], '--bs'),
+    (['gradcam', 'RUN', '--faithfulness-images', '-1'], '--faithfulness-images'),
+    (['interpret', 'RUN', '--faithfulness-steps', '0'], '--faithfulness-steps')])
 def test_bad_options_exit_2_with_one_line_before_loading_data(argv, message, monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr('cifar_fastai.loaders.read_cifar10', lambda *a, **k: pytest.fail('data was loaded'))
+    for where in ('cifar_fastai.loaders', 'cifar_fastai.run'):
+        monkeypatch.setattr(f'{where}.read_cifar10', lambda *a, **k: pytest.fail('data was loaded'))
     with pytest.raises(SystemExit) as e: cli.main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and message in err[-1]
     assert not (tmp_path / 'runs').exists()
+
+
+def _stopped(argv, capsys) -> str:
+    "The last line `cifar-fastai` prints when its command ends on Ctrl-C"
+    with pytest.raises(SystemExit) as e: cli.main(argv)
+    message = e.value.code if isinstance(e.value.code, str) else capsys.readouterr().err
+    return message.strip().splitlines()[-1]
+
+
+def test_ctrl_c_while_the_data_loads_keeps_no_folder_and_says_to_start_again(monkeypatch, tmp_path, capsys):
+    def interrupt(*a, **k): raise KeyboardInterrupt
+    monkeypatch.setattr('cifar_fastai.run.read_cifar10', interrupt)
+    line = _stopped(['train', '--data', 'sample', '--out', str(tmp_path / 'run')], capsys)
+    assert line == 'Interrupted before training started: nothing was kept; run the same command again'
+    assert not (tmp_path / 'run').exists()
+
+
+def test_ctrl_c_after_the_run_started_says_how_to_resume(monkeypatch, tmp_path, capsys):
+    def started_then_interrupted(config, out, **k):
+        out.mkdir(); (out / 'config.json').write_text('{}')  # the range test is done: the run can go on
+        raise KeyboardInterrupt
+    monkeypatch.setattr('cifar_fastai.run.train', started_then_interrupted)
+    run = tmp_path / 'run'
+    line = _stopped(['train', '--data', 'sample', '--out', str(run)], capsys)
+    assert line.endswith(f'continue with: cifar-fastai train --resume {run}')
+
+
+def test_ctrl_c_while_drawing_after_training_says_how_to_draw_the_pictures(monkeypatch, tmp_path, capsys):
+    run = tmp_path / 'run'
+    def trained(config, out, **k): out.mkdir(); (out / 'config.json').write_text('{"interpret": true}')
+    def interrupt(learn, out): raise KeyboardInterrupt
+    monkeypatch.setattr('cifar_fastai.run.train', trained)
+    monkeypatch.setattr('cifar_fastai.run.read_config', lambda out: {'interpret': True})
+    monkeypatch.setattr(cli, '_interpret', interrupt)
+    line = _stopped(['train', '--data', 'sample', '--out', str(run)], capsys)
+    assert line.endswith(f'Draw them with: cifar-fastai interpret {run}')
+
+
+def test_ctrl_c_in_another_command_ends_in_one_line(monkeypatch, tmp_path, capsys):
+    def interrupt(*a, **k): raise KeyboardInterrupt
+    monkeypatch.setattr('cifar_fastai.evaluate.load_run', interrupt)
+    assert _stopped(['evaluate', str(tmp_path)], capsys).startswith('Interrupted; each file written so far is whole')
 
 
 def test_lr_find_into_a_run_folder_is_refused_before_reading_data(tmp_path, monkeypatch, capsys):
@@ -260,3 +307,13 @@ def test_alternate_flip_is_an_option_a_run_keeps_and_trains_with(tmp_path, monke
     assert tfm.alternate is not None and tfm.alternate.seed == config.seed
     assert [type(t).__name__ for t in tfm.train_aug.transforms] == ['CoarseDropout']  # no random flip besides
     assert json.loads((tmp_path / 'run' / 'config.json').read_text())['flip'] == 'alternate'
+
+
+def test_evaluating_a_run_that_has_not_finished_says_how_to_finish_it(sample_run, tmp_path, capsys):
+    _, finished = sample_run
+    run = tmp_path / 'unfinished'
+    run.mkdir()
+    (run / 'config.json').write_text((finished / 'config.json').read_text())  # started, never reached its end
+    line = _stopped(['evaluate', str(run)], capsys)
+    assert line == (f"cifar-fastai: error: {run / 'model.pth'} does not exist: the run has not finished training; "
+                    f"finish it with: cifar-fastai train --resume {run}")

@@ -76,7 +76,13 @@ def test_each_part_of_the_pipeline_can_be_switched_on_or_off(kwargs, names):
     assert [type(t).__name__ for t in cifar_augs(**kwargs).transforms] == names
 
 
-@pytest.mark.parametrize('kwargs', [dict(pad=-1), dict(cutout=2.5), dict(cutout_p=1.5)])
+def test_a_cutout_as_large_as_the_image_covers_it_all():
+    tfm = AlbumentationsTransform(cifar_augs(flip=False, cutout=32, cutout_p=1.0), seed=0)
+    out = tfm(_tensor(np.zeros((32, 32, 3), np.uint8)), split_idx=TRAIN).permute(1, 2, 0).numpy()
+    assert (out == np.array([round(255 * m) for m in CIFAR10_MEAN])).all()
+
+
+@pytest.mark.parametrize('kwargs', [dict(pad=-1), dict(cutout=2.5), dict(cutout=33), dict(cutout_p=1.5)])
 def test_bad_pipeline_arguments_are_named(kwargs):
     with pytest.raises(ValueError, match=list(kwargs)[0]): cifar_augs(**kwargs)
 
