@@ -262,7 +262,7 @@ def _bars(learn):
 
 def _evaluate(args):
     from cifar_fastai.evaluate import format_accuracy, load_run, predict, tta_name
-    learn = load_run(args.run, args.data)
+    learn = load_run(args.run, args.data, progress=sys.stdout.isatty())
     with _bars(learn):
         print(format_accuracy(predict(learn)))
         if args.tta:
@@ -273,7 +273,8 @@ def _evaluate(args):
 def _run_command(args, name):
     from cifar_fastai.evaluate import load_run
     from cifar_fastai import report
-    learn = load_run(args.run, args.data, train=name == 'interpret')  # its augmentation picture shows training images
+    interpret = name == 'interpret'  # its augmentation picture shows training images: read them too
+    learn = load_run(args.run, args.data, train=interpret, progress=sys.stdout.isatty())
     options = {k: getattr(args, k) for k in ('cam', 'faithfulness_images', 'faithfulness_steps')}
     with _bars(learn): paths = getattr(report, f'{name}_run')(learn, args.run, **options)
     for path in paths: print(f"wrote {path}")

@@ -8,7 +8,8 @@ from fastai.callback.core import Callback
 from fastai.learner import Learner
 
 from cifar_fastai.checkpoint import load_weights
-from cifar_fastai.config import saved_config
+from cifar_fastai.config import CONFIG, ConfigError, saved_config
+from cifar_fastai.data import Cifar10Error
 from cifar_fastai.io import load_tensors
 from cifar_fastai.loaders import ds_idx_of_test
 from cifar_fastai.layout import WEIGHTS
@@ -97,10 +98,24 @@ def format_accuracy(p: Predictions) -> str:
     return '\n'.join(lines + [f"Accuracy on the {len(p.targets)} test images: {100 * p.accuracy:.2f} %"])
 
 
-def load_run(run, data=None, train: bool = False) -> Learner:
+def _run_data(run: Path, config, record: dict, data, train: bool, progress: bool):
+    "The loaders of the data `run` recorded, or of `data`, which must hold the classes the run was trained on"
+    source = data or recorded_data(record)
+    if not data and source is not None and str(source) not in ('sample', 'cifar10') and not Path(source).exists():
+        raise Cifar10Error(f"{source}, the data {run / CONFIG} records, does not exist: pass --data PATH to read it "
+                           f"from where it is now")
+    dls = run_dls(config, data=source, test_only=not train, progress=progress)
+    trained_on = record.get('classes')
+    if trained_on is not None and list(dls.vocab) != list(trained_on):
+        raise ConfigError(f"--data {data} holds the classes {list(dls.vocab)}, but {run} was trained on {trained_on}: "
+                          f"pass the data it was trained on")
+    return dls
+
+
+def load_run(run, data=None, train: bool = False, progress: bool = True) -> Learner:
     "A `Learner` with the trained weights of run folder `run` (a plain `state_dict`, loaded with `weights_only`)"
     # data: where to read the images instead of the data the run recorded; train: read the training split too (the
-    # augmentation picture shows training images), which evaluating does not need
+    # augmentation picture shows training images), which evaluating does not need; progress: a bar while decoding
     run = Path(run)
     config, record = saved_config(run)
     weights = run / WEIGHTS
@@ -108,6 +123,6 @@ def load_run(run, data=None, train: bool = False) -> Learner:
         raise FileNotFoundError(f"{weights} does not exist: the run has not finished training; finish it with: "
                                 f"cifar-fastai train --resume {run}")
     state = load_tensors(weights, "a weights file (a plain state dict)", _FIX)
-    learn = run_learner(run_dls(config, data=data or recorded_data(record), test_only=not train), config, run)
+    learn = run_learner(_run_data(run, config, record, data, train, progress), config, run)
     load_weights(learn.model, state, weights, _FIX)
     return learn

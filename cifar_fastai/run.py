@@ -40,9 +40,11 @@ def run_dls(config: RunConfig, data: str | None = None, test_only: bool = False,
     # images, so the test images stand in for them (and nothing is held out of them)
     cifar = read_cifar10(config.data if data is None else data, skip_bad=config.skip_bad, progress=progress,
                          test_only=test_only)
-    if test_only: cifar = replace(cifar, train_x=cifar.test_x, train_y=cifar.test_y)
+    bs = config.bs
+    if test_only:  # nothing trains, so a test set smaller than a batch is no reason to refuse
+        cifar, bs = replace(cifar, train_x=cifar.test_x, train_y=cifar.test_y), min(bs, max(1, len(cifar.test_y)))
     augs = cifar_augs(pad=config.pad, flip=config.flip is True, cutout=config.cutout, cutout_p=config.cutout_p)
-    return cifar_dls(cifar, bs=config.bs, augs=augs, seed=config.seed, num_workers=config.workers,
+    return cifar_dls(cifar, bs=bs, augs=augs, seed=config.seed, num_workers=config.workers,
                      valid_pct=0. if test_only else config.valid_pct, alternate_flip=config.flip == 'alternate',
                      **kwargs)
 

@@ -317,3 +317,36 @@ def test_evaluating_a_run_that_has_not_finished_says_how_to_finish_it(sample_run
     line = _stopped(['evaluate', str(run)], capsys)
     assert line == (f"cifar-fastai: error: {run / 'model.pth'} does not exist: the run has not finished training; "
                     f"finish it with: cifar-fastai train --resume {run}")
+
+
+def _copy_run(run, to, **record):
+    "A copy of run folder `run`'s options and weights at `to`, with `record` changed in its config.json"
+    to.mkdir()
+    (to / 'model.pth').write_bytes((run / 'model.pth').read_bytes())
+    (to / 'config.json').write_text(json.dumps({**json.loads((run / 'config.json').read_text()), **record}))
+    return to
+
+
+def test_evaluating_on_data_of_other_classes_names_data_not_the_weights(sample_run, tmp_path, capsys):
+    write_folders(tmp_path / 'pets')  # cat and dog: not the ten classes the sample run learnt
+    run = _copy_run(sample_run[1], tmp_path / 'run')
+    line = _stopped(['evaluate', str(run), '--data', str(tmp_path / 'pets')], capsys)
+    assert line.endswith(f"--data {tmp_path / 'pets'} holds the classes ['cat', 'dog'], but {run} was trained on "
+                         f"{read_cifar10('sample').classes}: pass the data it was trained on")
+
+
+def test_a_run_whose_data_moved_says_to_pass_data(sample_run, tmp_path, capsys):
+    gone = tmp_path / 'moved-away'
+    run = _copy_run(sample_run[1], tmp_path / 'run', data=str(gone), data_source=f'class folders in {gone}')
+    line = _stopped(['evaluate', str(run)], capsys)
+    assert line == (f"cifar-fastai: error: {gone}, the data {run / 'config.json'} records, does not exist: pass "
+                    f"--data PATH to read it from where it is now")
+
+
+def test_a_run_evaluates_on_fewer_test_images_than_its_batch_and_prints_no_bar_into_a_file(sample_run, tmp_path, capsys):
+    classes = read_cifar10('sample').classes
+    write_folders(tmp_path / 'few', classes=tuple(classes))  # 2 test images a class: 20, under the run's batch of 64
+    cli.main(['evaluate', str(_copy_run(sample_run[1], tmp_path / 'run')), '--data', str(tmp_path / 'few')])
+    out = capsys.readouterr().out.splitlines()  # not a terminal: no progress bar among them
+    assert [line.split(':')[0].split()[-1] for line in out[:10]] == classes and len(out) == 11
+    assert out[-1].startswith('Accuracy on the 20 test images: ')
