@@ -18,7 +18,8 @@ _TMP = re.compile(r'\..+\.[a-z0-9_]{8}\.tmp')  # `atomic_path`'s temporaries: `m
 def atomic_path(path):
     "A temporary file beside `path` to write by name; on success it is fsynced and renamed over `path`, else removed"
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    try: fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    except OSError as e: raise _unwritten(path, e) from e
     os.close(fd)
     try:
         yield Path(tmp)
@@ -27,9 +28,23 @@ def atomic_path(path):
         finally: os.close(fd)
         os.chmod(tmp, 0o666 & ~_umask())  # `mkstemp` makes 0600 files; give the mode `open` would
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise _unwritten(path, e) from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _unwritten(path: Path, e: OSError) -> OSError:
+    "The error of a failed atomic write of `path`, in one line that names it and says what to do"
+    if getattr(e, 'unwritten', False): return e  # a nested atomic write named its file already
+    why = e.strerror or str(e)
+    error = OSError(e.errno, f"Could not write {path}: {why}; the previous version, if any, is intact: free space or "
+                             f"make {path.parent} writable, then run the command again (a training run goes on "
+                             f"with --resume RUN)")
+    error.unwritten = True
+    return error
 
 
 @contextmanager
@@ -46,10 +61,7 @@ def _umask() -> int:
 
 def atomic_save(obj, path):
     "`torch.save` `obj` to `path` so that a crash or a full disk leaves the previous file intact"
-    try:
-        with atomic_write(path) as f: torch.save(obj, f)
-    except OSError as e:
-        raise OSError(e.errno, f"Could not write {path}: {e.strerror}; the previous version, if any, is intact") from e
+    with atomic_write(path) as f: torch.save(obj, f)
 
 
 def remove_temporaries(folder) -> list[Path]:

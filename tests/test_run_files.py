@@ -2,6 +2,7 @@
 import contextlib
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -146,7 +147,8 @@ def test_export_is_written_atomically(run, monkeypatch):
         open(f, 'wb').write(b'partial')
         raise OSError(28, 'No space left on device')
     monkeypatch.setattr('fastai.learner.torch.save', full_disk)
-    with pytest.raises(OSError): learn.export('export.pkl')
+    with pytest.raises(OSError, match=f'Could not write {re.escape(str(run / "export.pkl"))}: No space left'):
+        learn.export('export.pkl')
     assert (run / 'export.pkl').read_bytes() == before and not list(run.glob('.*.tmp'))
 
 
@@ -159,7 +161,8 @@ def test_a_picture_is_written_atomically(run, monkeypatch):
         with open(f, 'wb') if isinstance(f, (str, os.PathLike)) else contextlib.nullcontext(f) as out: out.write(b'half')
         raise OSError(28, 'No space left on device')
     monkeypatch.setattr(Figure, 'savefig', full_disk)
-    with pytest.raises(OSError): plot_curves(run, path=run / 'curves.png')
+    said = f'Could not write {re.escape(str(run / "curves.png"))}: No space left on device; the previous version, '
+    with pytest.raises(OSError, match=said + r'if any, is intact: free space'): plot_curves(run, path=run / 'curves.png')
     assert (run / 'curves.png').read_bytes() == before and not list(run.glob('.*.tmp'))
 
 
