@@ -11,7 +11,7 @@ from fastai.callback.schedule import ParamScheduler
 
 from cifar_fastai.checks import one_of, within
 from cifar_fastai.collective import all_reduce_sum, broadcast_value, in_process_group, is_main
-from cifar_fastai.errors import UserError
+from cifar_fastai.errors import RunFileError, UserError
 from cifar_fastai.io import atomic_write
 from cifar_fastai.precision import autocast_dtype
 
@@ -274,6 +274,10 @@ def write_metrics(path: Path, rows: list):
 
 
 def read_metrics(path: Path) -> list:
-    "Read a `metrics.csv` written by `write_metrics` back into rows of numbers"
-    with open(path, newline='') as f:
-        return [{k: (int(v) if k == 'epoch' else float(v)) for k, v in r.items()} for r in csv.DictReader(f)]
+    "Read a `metrics.csv` written by `write_metrics` back into rows of numbers; refuse a damaged one, naming it"
+    try:
+        with open(path, newline='') as f:
+            return [{k: (int(v) if k == 'epoch' else float(v)) for k, v in r.items()} for r in csv.DictReader(f)]
+    except (ValueError, TypeError, csv.Error, UnicodeDecodeError) as e:
+        raise RunFileError(f"{path} is damaged ({e}): put back a copy, or let `cifar-fastai train --resume "
+                           f"{Path(path).parent}` write it again from the run's checkpoint") from None

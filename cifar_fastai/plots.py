@@ -9,6 +9,7 @@ from matplotlib.ticker import MaxNLocator
 
 from cifar_fastai.callbacks import read_metrics
 from cifar_fastai.checks import whole
+from cifar_fastai.errors import RunFileError
 from cifar_fastai.io import atomic_write
 from cifar_fastai.transforms import AlbumentationsTransform, AlternatingFlip, cifar_augs
 
@@ -37,7 +38,7 @@ def _metric_rows(metrics) -> list:
         if path.is_dir(): path = path / 'metrics.csv'
         if not path.is_file(): raise FileNotFoundError(f"{path} does not exist: pass a run folder or its metrics.csv")
         rows = read_metrics(path)
-    if not rows: raise ValueError(f"{metrics} has no epochs yet: train at least one epoch before plotting curves")
+    if not rows: raise RunFileError(f"{metrics} has no epochs yet: train at least one epoch before plotting curves")
     return rows
 
 

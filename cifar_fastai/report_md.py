@@ -6,6 +6,7 @@ from statistics import mean
 
 from cifar_fastai.callbacks import plateau_replay, read_metrics
 from cifar_fastai.config import read_config
+from cifar_fastai.errors import RunFileError
 from cifar_fastai.evaluate import Predictions, class_accuracy
 from cifar_fastai.faithfulness import BLUR_KERNEL, BLUR_SIGMA, RANDOM
 from cifar_fastai.gradcam import DEFAULT_CAM, cam_class
@@ -246,7 +247,7 @@ def write_report(run, p: Predictions, mistakes: str = 'misclassified test images
     "Write `report.md` in run folder `run` from its config.json, metrics.csv, pictures and test predictions `p`"
     run = Path(run)
     config, rows, title = read_config(run), read_metrics(run / METRICS), cam_class(cam).title
-    if not rows: raise ValueError(f"{run / METRICS} has no epochs: train at least one epoch before the report")
+    if not rows: raise RunFileError(f"{run / METRICS} has no epochs: train at least one epoch before the report")
     sections = [
         (f'CIFAR-10 ResNet18 run `{run.name}`', _summary(config, rows, p, tta)),
         ('Against the reference reports', _reference(rows)),

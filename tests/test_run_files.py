@@ -12,7 +12,7 @@ from cifar_fastai import cli
 from cifar_fastai.callbacks import read_metrics
 from cifar_fastai.checkpoint import load_checkpoint
 from cifar_fastai.config import RunConfig, resume_changes, saved_config
-from cifar_fastai.errors import ConfigError
+from cifar_fastai.errors import ConfigError, RunFileError
 from cifar_fastai.run import train
 from tests.helpers import tiny_models
 
@@ -219,3 +219,14 @@ def test_an_annealed_plateau_run_is_extended_and_says_how_its_decay_moves(tmp_pa
     assert any('extended from 2; its warm-up and final decay now span 3 epochs' in l for l in lines)
     rows = read_metrics(tmp_path / 'run' / 'metrics.csv')
     assert [r['epoch'] for r in rows] == [1, 2, 3] and rows[2]['lr'] < 0.05 * 0.5 * 0.5  # the plateau's rate, decayed
+
+
+@pytest.mark.parametrize('damaged', [b'epoch,train_loss\n1,0.5\n2,0.4x\n', b'epoch,train_loss\n1,0.5\n2\n',
+                                     b'epoch,train_loss\n1,\xff\xfe\n'])
+def test_a_damaged_metrics_file_is_refused_naming_it_and_how_to_write_it_again(tmp_path, damaged):
+    from cifar_fastai.plots import plot_curves
+    (tmp_path / 'metrics.csv').write_bytes(damaged)
+    said = f'{re.escape(str(tmp_path / "metrics.csv"))} is damaged .*--resume {re.escape(str(tmp_path))}` write it again'
+    with pytest.raises(RunFileError, match=said): read_metrics(tmp_path / 'metrics.csv')
+    with pytest.raises(RunFileError, match=said): plot_curves(tmp_path, path=tmp_path / 'curves.png')
+    assert not (tmp_path / 'curves.png').exists()
