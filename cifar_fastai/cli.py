@@ -237,20 +237,10 @@ def _alone():
 
 
 def _lr_find(args):
-    from cifar_fastai.config import ConfigError
-    from cifar_fastai.io import ensure_writable_dir
-    from cifar_fastai.layout import CONFIG, LR_PLOT, LR_RECORD
-    from cifar_fastai.rangetest import find_lr, write_found
-    from cifar_fastai.run import run_dls, run_learner
-    out = ensure_writable_dir(args.out or _default_out())
-    if (out / CONFIG).exists():
-        raise ConfigError(f"{out} holds a training run: lr-find would write its {LR_PLOT} and {LR_RECORD} there; "
-                          f"choose another --out")
-    config = _config(args).check()
-    learn = run_learner(run_dls(config), config, out)
-    with _bars(learn):
-        found = find_lr(learn, out / LR_PLOT, config.lr_suggestion, config.lr_find_iters, config.lr_mult)
-    write_found(found, out / LR_RECORD)
+    from cifar_fastai.layout import LR_PLOT
+    from cifar_fastai.run import range_test
+    config, out = _config(args), Path(args.out or _default_out())
+    found = range_test(config, out, progress=sys.stdout.isatty())
     print(f"lr_find suggests {found[config.lr_suggestion]:.3g} ({config.lr_suggestion}); `train` would use "
           f"{config.lr_mult:g} x that = {found['lr']:.3g}; all: {found}; plot in {out / LR_PLOT}")
 

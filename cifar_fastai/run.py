@@ -15,16 +15,17 @@ from cifar_fastai.data import Source, read_cifar10
 from cifar_fastai.ema import EMA
 from cifar_fastai.expected import expectation
 from cifar_fastai.io import atomic_save, ensure_writable_dir, remove_temporaries
-from cifar_fastai.layout import CONFIG, EXPORT, LR_PLOT, METRICS, WEIGHTS
+from cifar_fastai.layout import CONFIG, EXPORT, LR_PLOT, LR_RECORD, METRICS, WEIGHTS
 from cifar_fastai.learner import cifar_learner
 from cifar_fastai.loaders import cifar_dls, ds_idx_of_test
 from cifar_fastai.machine import versions
-from cifar_fastai.rangetest import find_lr, lr_find_length
+from cifar_fastai.rangetest import find_lr, lr_find_length, write_found
 from cifar_fastai.recipe import WarmupAnneal, one_cycle_moms
 from cifar_fastai.resume import Saved, restore, saved_run, set_floor
 from cifar_fastai.transforms import cifar_augs
 
-__all__ = ['SCHEDULES', 'RunConfig', 'ConfigError', 'train', 'find_lr', 'lr_find_length', 'run_dls', 'run_learner',
+__all__ = ['SCHEDULES', 'RunConfig', 'ConfigError', 'train', 'range_test', 'find_lr', 'lr_find_length', 'run_dls',
+           'run_learner',
            'read_config', 'recorded_data']
 
 def recorded_data(record: dict) -> str | None:
@@ -193,3 +194,19 @@ def train(config: RunConfig | None, out, resume: bool = False, cbs=None, log=pri
         _log_early_end(learn, config, log)
         if main: _save_final(learn, run)
     return learn
+
+
+def range_test(config: RunConfig, out, progress: bool = True) -> dict:
+    "Only the range test of `config`: its suggestions, with `lr_find.png` and `lr_find.json` written into `out`"
+    out = Path(out)
+    made = not out.exists()
+    run = ensure_writable_dir(out)
+    if (run / CONFIG).exists():
+        raise ConfigError(f"{run} holds a training run: lr-find would write its {LR_PLOT} and {LR_RECORD} there; "
+                          f"choose another --out")
+    with _unmade_if_empty(run, made):  # a bad --data or a Ctrl-C while reading leaves no empty folder behind
+        learn = run_learner(run_dls(config.check(), progress=progress), config, run)
+        with nullcontext() if progress else learn.no_bar():
+            found = find_lr(learn, run / LR_PLOT, config.lr_suggestion, config.lr_find_iters, config.lr_mult)
+        write_found(found, run / LR_RECORD)
+    return found

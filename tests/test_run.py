@@ -350,3 +350,20 @@ def test_a_run_evaluates_on_fewer_test_images_than_its_batch_and_prints_no_bar_i
     out = capsys.readouterr().out.splitlines()  # not a terminal: no progress bar among them
     assert [line.split(':')[0].split()[-1] for line in out[:10]] == classes and len(out) == 11
     assert out[-1].startswith('Accuracy on the 20 test images: ')
+
+
+def test_lr_find_on_missing_data_leaves_no_empty_folder(tmp_path, capsys):
+    out = tmp_path / 'runs' / 'lr'
+    line = _stopped(['lr-find', '--data', str(tmp_path / 'nowhere'), '--out', str(out)], capsys)
+    assert line.startswith(f"cifar-fastai: error: {tmp_path / 'nowhere'} does not exist") and not out.exists()
+
+
+def test_lr_find_writes_its_plot_and_suggestions_and_prints_the_rate_train_would_use(tmp_path, capsys):
+    out = tmp_path / 'lr'
+    cli.main(['lr-find', '--data', 'sample', '--lr-find-iters', '12', '--bs', '50', '--out', str(out)])
+    found = json.loads((out / 'lr_find.json').read_text())
+    assert sorted(p.name for p in out.iterdir()) == ['lr_find.json', 'lr_find.png']
+    assert found['lr'] == pytest.approx(5 * found['minimum'])  # the plateau default trains at 5x 'minimum'
+    said = capsys.readouterr().out.strip().splitlines()[-1]
+    assert said.startswith(f"lr_find suggests {found['minimum']:.3g} (minimum); `train` would use 5 x that = "
+                           f"{found['lr']:.3g}") and said.endswith(f"plot in {out / 'lr_find.png'}")
