@@ -343,7 +343,7 @@ def test_a_run_whose_data_moved_says_to_pass_data(sample_run, tmp_path, capsys):
                     f"--data PATH to read it from where it is now")
 
 
-def test_a_run_evaluates_on_fewer_test_images_than_its_batch_and_prints_no_bar_into_a_file(sample_run, tmp_path, capsys):
+def test_evaluate_takes_fewer_test_images_than_a_batch_and_prints_no_bar_in_a_file(sample_run, tmp_path, capsys):
     classes = read_cifar10('sample').classes
     write_folders(tmp_path / 'few', classes=tuple(classes))  # 2 test images a class: 20, under the run's batch of 64
     cli.main(['evaluate', str(_copy_run(sample_run[1], tmp_path / 'run')), '--data', str(tmp_path / 'few')])
