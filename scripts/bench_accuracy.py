@@ -10,6 +10,8 @@ import argparse
 from pathlib import Path
 
 from cifar_fastai.callbacks import read_metrics
+from cifar_fastai.data import Cifar10Error
+from cifar_fastai.errors import UserError
 from cifar_fastai.report_md import REFERENCE_EPOCHS, REFERENCE_FINAL
 from cifar_fastai.layout import METRICS
 from cifar_fastai.machine import cpu_name
@@ -73,12 +75,16 @@ def main():
     p.add_argument('--seed', type=int, default=RunConfig.seed)
     p.add_argument('--out', type=Path, help='run folder of the training')
     args = p.parse_args()
+    if args.data and not args.out: p.error('--data trains a run: give it a folder with --out RUN')
     runs = list(args.runs)
-    if args.data:
-        config = RunConfig(data=args.data, epochs=args.epochs, schedule=args.schedule, seed=args.seed, interpret=False)
-        train(config, args.out)
-        runs.append(args.out)
-    print('\n'.join(describe(r) for r in runs) + '\n\n' + table(runs))
+    try:
+        if args.data:
+            config = RunConfig(data=args.data, epochs=args.epochs, schedule=args.schedule, seed=args.seed,
+                               interpret=False)
+            train(config, args.out)
+            runs.append(args.out)
+        print('\n'.join(describe(r) for r in runs) + '\n\n' + table(runs))
+    except (UserError, Cifar10Error, OSError) as e: p.error(str(e))
 
 
 if __name__ == '__main__':

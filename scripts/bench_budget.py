@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from cifar_fastai.callbacks import read_metrics
+from cifar_fastai.errors import UserError
 from cifar_fastai.report_md import REFERENCE_FINAL
 from cifar_fastai.layout import METRICS
 from cifar_fastai.run import read_config
@@ -72,7 +73,8 @@ def main():
     p.add_argument('--runs', nargs='+', required=True, help='run folders')
     p.add_argument('--no-tta', dest='tta', action='store_false', help='skip predicting the saved weights again')
     args = p.parse_args()
-    print(table(args.runs, args.tta))
+    try: print(table(args.runs, args.tta))
+    except (UserError, OSError) as e: p.error(str(e))  # a folder that is not a finished run, named
 
 
 if __name__ == '__main__':

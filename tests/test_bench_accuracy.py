@@ -43,3 +43,12 @@ def test_describe_names_the_rate_rule_and_the_verdict(bench, tmp_path, accuracie
     assert text.startswith('- `run`: plateau (patience 5, threshold 0.0001), '
                            'lr 0.0053 (lr_find of 300 batches minimum x 4)')
     assert text.endswith(f'Test CPU; {verdict}')
+
+
+@pytest.mark.parametrize('argv,said', [(['--data', 'sample'], '--data trains a run: give it a folder with --out RUN'),
+                                       (['--data', 'nowhere', '--out', 'run'], 'nowhere does not exist')])
+def test_training_without_a_folder_or_data_is_refused_in_one_line(bench, argv, said, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr('sys.argv', ['bench_accuracy.py'] + argv)
+    with pytest.raises(SystemExit) as e: bench.main()
+    assert e.value.code == 2 and said in capsys.readouterr().err.strip().splitlines()[-1]

@@ -50,3 +50,10 @@ def test_tta_column_is_the_saved_weights_predicted_with_their_mirror(bench, samp
     row = bench.table([run]).splitlines()[-1]
     plain, tta = row.split(' | ')[7].split(': ')[1].split(' / ')
     assert float(tta) == pytest.approx(100 * predict(learn, tta=True).accuracy, abs=0.51)
+
+
+def test_a_folder_that_is_not_a_run_is_named_in_one_line(bench, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr('sys.argv', ['bench_budget.py', '--no-tta', '--runs', str(tmp_path)])
+    with pytest.raises(SystemExit) as e: bench.main()
+    assert e.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        f"bench_budget.py: error: {tmp_path} is not a run folder: it has no config.json")
