@@ -210,6 +210,9 @@ def _decode_splits(paths: dict, labels: dict, progress: bool) -> dict[str, np.nd
         for i, path in enumerate(progress_bar(paths[split], leave=False) if progress else paths[split]):
             try: x[i] = _decode(path)
             except Exception as e:
+                if isinstance(e, OSError) and e.errno is not None:  # the system's, not the image's: name the file
+                    raise type(e)(e.errno, f"{path} cannot be read ({e.strerror}): make it readable, or move it out "
+                                           f"of its class folder") from e
                 if not _is_bad_image(e): raise
                 ok[i] = False
                 bad.append(f'{path}: {_reason(e)}')
