@@ -468,9 +468,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None):
     args = parse_args(argv)
-    source = read_cifar10(args.data, progress=False)
-    try: data = as_arrays(source, args.n_train, args.n_test)
-    except ValueError as e: sys.exit(f'bench_peer: {e}')
+    try:  # a missing or bad --data, or more images asked than it holds: one line (Cifar10Error is a ValueError)
+        source = read_cifar10(args.data, progress=False)
+        data = as_arrays(source, args.n_train, args.n_test)
+    except (ValueError, OSError) as e: sys.exit(f'bench_peer: {e}')
     setting = dict(data=source.source, n_train=len(data.train_y), n_test=len(data.test_y), precision=args.precision,
                    seed=args.seed, date=datetime.now(UTC).isoformat(timespec='seconds'), **versions())
     print(f"{setting['data']}: {setting['n_train']} training / {setting['n_test']} test images; {args.precision}, "

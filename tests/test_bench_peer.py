@@ -210,3 +210,8 @@ def test_a_smoke_run_on_the_sample_writes_the_table_and_a_json_of_accuracies(ben
 ])
 def test_a_subset_the_data_cannot_give_is_refused_by_its_option(bench, args, message):
     with pytest.raises(SystemExit, match=message): bench.main(['--data', 'sample', *args])
+
+
+def test_missing_data_is_named_in_one_line(bench, tmp_path):
+    with pytest.raises(SystemExit, match=f'^bench_peer: {tmp_path / "nowhere"} does not exist; pass a folder'):
+        bench.main(['--data', str(tmp_path / 'nowhere')])
