@@ -8,6 +8,7 @@ that a Pillow round trip (its default 4:2:0 chroma subsampling) leaves unchanged
 """
 import argparse
 import io
+import sys
 
 import numpy as np
 from PIL import Image
@@ -61,7 +62,9 @@ def print_fingerprint(data: Cifar10, qualities: list[int], n: int = 3000):
 
 def main(argv=None):
     args = parse_args(argv)
-    print_fingerprint(read_cifar10(args.data, progress=False), args.fingerprint, args.n)
+    try: data = read_cifar10(args.data, progress=False)
+    except (ValueError, OSError) as e: sys.exit(f'bench_jpeg: {e}')  # Cifar10Error is a ValueError
+    print_fingerprint(data, args.fingerprint, args.n)
 
 
 if __name__ == '__main__':

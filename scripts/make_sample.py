@@ -23,7 +23,8 @@ def main(argv=None):
     parser.add_argument('--n-train', type=int, default=50, help='train images per class')
     parser.add_argument('--n-test', type=int, default=20, help='test images per class')
     args = parser.parse_args(argv)
-    data = read_cifar10(args.src)
+    try: data = read_cifar10(args.src)
+    except (ValueError, OSError) as e: parser.error(f'--src: {e}')  # Cifar10Error is a ValueError
     n_classes = len(data.classes)
     train = first_per_class(data.train_x, data.train_y, args.n_train, n_classes)
     test = first_per_class(data.test_x, data.test_y, args.n_test, n_classes)

@@ -46,3 +46,8 @@ def test_the_fingerprint_finds_the_quality_the_images_were_encoded_at(bench, ima
     found = bench.fingerprint(made, [50, 59, 60, 61, 70])
     assert max(found, key=lambda q: found[q][0]) == 60 and found[60][0] > 0.5
     assert min(found, key=lambda q: found[q][1]) == 60 and found[60][1] < found[59][1] / 2
+
+
+def test_missing_data_is_named_in_one_line(bench, tmp_path):
+    with pytest.raises(SystemExit, match=f'^bench_jpeg: {tmp_path / "nowhere"} does not exist; pass a folder'):
+        bench.main(['--data', str(tmp_path / 'nowhere'), '--fingerprint', '75'])
