@@ -16,13 +16,14 @@ def _positive_float_or_find(text: str):
 
 
 def _count(low: int):
-    "An argparse type: a whole number >= `low`, which argparse names the option of when it is not"
+    "An argparse type: a whole number >= `low` (the rule of `checks.whole`), which argparse names the option of"
     def count(text: str) -> int:
+        from cifar_fastai.checks import whole
+        from cifar_fastai.errors import ConfigError
         try: value = int(text)
-        except ValueError: value = None
-        if value is None or value < low:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {text!r}")
-        return value
+        except ValueError: value = text
+        try: return whole('the value', value, low)
+        except ConfigError as e: raise argparse.ArgumentTypeError(str(e)) from None
     return count
 
 

@@ -38,13 +38,10 @@ def atomic_path(path):
 
 def _unwritten(path: Path, e: OSError) -> OSError:
     "The error of a failed atomic write of `path`, in one line that names it and says what to do"
-    if getattr(e, 'unwritten', False): return e  # a nested atomic write named its file already
     why = e.strerror or str(e)
-    error = OSError(e.errno, f"Could not write {path}: {why}; the previous version, if any, is intact: free space or "
-                             f"make {path.parent} writable, then run the command again (a training run goes on "
-                             f"with --resume RUN)")
-    error.unwritten = True
-    return error
+    return OSError(e.errno, f"Could not write {path}: {why}; the previous version, if any, is intact: free space or "
+                            f"make {path.parent} writable, then run the command again (a training run goes on "
+                            f"with --resume RUN)")
 
 
 @contextmanager
