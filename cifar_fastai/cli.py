@@ -115,7 +115,8 @@ def _output_options(g, d, train: bool):
     g.add_argument('--out', type=Path, help='run folder (default runs/<date-time>)')
     if not train: return
     g.add_argument('--resume', type=Path, metavar='RUN', help='continue run folder RUN from its last checkpoint, '
-                                                              'with more --epochs if it is a plateau run')
+                                                              'with more --epochs if it is a plateau run, or --data '
+                                                              'where its data has moved')
     g.add_argument('--no-interpret', dest='interpret', action='store_false',
                    help='skip the pictures and report at the end')
     g.add_argument('--save-every', type=float, default=d.save_every, metavar='SECONDS',

@@ -26,7 +26,8 @@ CONFIG_FORMAT = 1  # layout of config.json; a version of the package that this o
 ADDED_LATER = dict(lr_find_iters=100, lr_mult=1., label_smoothing=0., ema=0., ema_every=1, sync_bn=False, valid_pct=0.,
                    warmup=0., anneal=0., tta=False, save_every=300.,
                    nesterov=False, bn_bias_scale=1., lookahead=False)  # saves inside an epoch change no result
-RESUME_CHANGES = ('epochs', 'interpret', 'save_every')  # what `--resume` may change; the rest is the saved run's
+RESUME_CHANGES = ('epochs', 'interpret', 'save_every', 'data')  # what `--resume` may change; the rest is the run's
+# (`data` only to where the run's data moved: the run checks its classes and counts once it is read)
 _FIX = 'put back a copy of the file, or start a new run'
 
 

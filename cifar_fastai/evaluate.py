@@ -8,12 +8,11 @@ from fastai.callback.core import Callback
 from fastai.learner import Learner
 
 from cifar_fastai.checkpoint import load_weights
-from cifar_fastai.config import CONFIG, ConfigError, saved_config
-from cifar_fastai.data import Cifar10Error
+from cifar_fastai.config import ConfigError, saved_config
 from cifar_fastai.io import load_tensors
 from cifar_fastai.loaders import ds_idx_of_test
 from cifar_fastai.layout import WEIGHTS
-from cifar_fastai.run import recorded_data, run_dls, run_learner
+from cifar_fastai.run import data_of_run, run_dls, run_learner
 
 __all__ = ['Predictions', 'FlipBatch', 'MoveBatch', 'TTA_LEVELS', 'tta_views', 'tta_name', 'predict', 'class_accuracy',
            'format_accuracy', 'load_run']
@@ -100,11 +99,7 @@ def format_accuracy(p: Predictions) -> str:
 
 def _run_data(run: Path, config, record: dict, data, train: bool, progress: bool):
     "The loaders of the data `run` recorded, or of `data`, which must hold the classes the run was trained on"
-    source = data or recorded_data(record)
-    if not data and source is not None and str(source) not in ('sample', 'cifar10') and not Path(source).exists():
-        raise Cifar10Error(f"{source}, the data {run / CONFIG} records, does not exist: pass --data PATH to read it "
-                           f"from where it is now")
-    dls = run_dls(config, data=source, test_only=not train, progress=progress)
+    dls = run_dls(config, data=data_of_run(run, record, data), test_only=not train, progress=progress)
     trained_on = record.get('classes')
     if trained_on is not None and list(dls.vocab) != list(trained_on):
         raise ConfigError(f"--data {data} holds the classes {list(dls.vocab)}, but {run} was trained on {trained_on}: "

@@ -47,7 +47,7 @@ def restore(learn: Learner, run: Path, saved: Saved, log) -> tuple:
     config, state = saved.config, saved.state
     done = restore_checkpoint(learn, state, run / CHECKPOINT) if state else 0
     set_floor(learn, config, saved.record['lr_used'])
-    if not rank_distrib(): _tidy(run, learn.epoch_record.rows, saved)
+    if not rank_distrib(): _tidy(run, learn.epoch_record.rows, saved, learn.dls.data.source)
     longer = f" (extended from {saved.record['epochs']}" if config.epochs != saved.record['epochs'] else ''
     if longer and (config.warmup or config.anneal):  # shares of the steps: of the new length from now on
         longer += f"; its warm-up and final decay now span {config.epochs} epochs, from the plateau's rate"
@@ -65,7 +65,7 @@ def set_floor(learn: Learner, config: RunConfig, start: float):
     learn.reduce_lr_on_plateau.min_lr = PLATEAU_FLOOR * start if floor is None else floor
 
 
-def _tidy(run: Path, rows: list, saved: Saved):
+def _tidy(run: Path, rows: list, saved: Saved, source: str):
     "Make the files of `run` agree with the checkpoint it goes on from: no temporaries, its epochs' metrics and options"
     remove_temporaries(run)
     if rows: write_metrics(run / METRICS, rows)
@@ -73,4 +73,5 @@ def _tidy(run: Path, rows: list, saved: Saved):
     # an option newer than the run reads as what the run did without it (`ADDED_LATER`): unchanged, not written
     now, was = saved.config, saved.written
     changed = {k: getattr(now, k) for k in RESUME_CHANGES if getattr(was, k) != getattr(now, k)}
+    if 'data' in changed: changed['data_source'] = source  # where the moved data was read: where to read it again
     if changed: write_record(run, saved.record | changed)

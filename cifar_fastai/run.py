@@ -11,7 +11,7 @@ from fastcore.basics import noop
 from cifar_fastai.checkpoint import Checkpoint, SkipBatches, SkipEpochs, stop_after_batch
 from cifar_fastai.collective import on_main
 from cifar_fastai.config import CONFIG_FORMAT, SCHEDULES, ConfigError, RunConfig, read_config, write_record
-from cifar_fastai.data import Source, read_cifar10
+from cifar_fastai.data import Cifar10Error, Source, read_cifar10
 from cifar_fastai.ema import EMA
 from cifar_fastai.expected import expectation
 from cifar_fastai.io import atomic_save, ensure_writable_dir, remove_temporaries
@@ -26,13 +26,22 @@ from cifar_fastai.transforms import cifar_augs
 
 __all__ = ['SCHEDULES', 'RunConfig', 'ConfigError', 'train', 'range_test', 'find_lr', 'lr_find_length', 'run_dls',
            'run_learner',
-           'read_config', 'recorded_data']
+           'read_config', 'recorded_data', 'data_of_run']
 
 def recorded_data(record: dict) -> str | None:
     "The `--data` that reads a run's data again, from its `config.json` `record`: the source it found if it searched"
     # 'data_source' names an absolute path, where 'data' may be relative to where the run started
     found = Source.from_str(record.get('data_source', ''))
     return found.data if found else record.get('data')
+
+
+def data_of_run(run: Path, record: dict, data=None):
+    "The `--data` that reads run `run`'s data: `data` if given, else `recorded_data`, if it is still there"
+    source = data or recorded_data(record)
+    if not data and source is not None and str(source) not in ('sample', 'cifar10') and not Path(source).exists():
+        raise Cifar10Error(f"{source}, the data {run / CONFIG} records, does not exist: pass --data PATH to read it "
+                           f"from where it is now")
+    return source
 
 
 def run_dls(config: RunConfig, data: str | None = None, test_only: bool = False, progress: bool = True, **kwargs):
@@ -65,14 +74,28 @@ def run_learner(dls, config: RunConfig, path: Path) -> Learner:
                          path=path, model_dir='.')
 
 
+def _data_record(dls, config: RunConfig) -> dict:
+    "What `config.json` records of the data of `dls`: where it was read, its classes and the images of each split"
+    return {'data_source': dls.data.source, 'classes': list(dls.vocab), 'n_train': len(dls.train_ds),
+            'n_valid': len(dls.valid_ds) if config.valid_pct else 0, 'n_test': len(dls[ds_idx_of_test(dls)].dataset)}
+
+
 def _write_config(run: Path, config: RunConfig, learn: Learner, lr: float, dls, found: dict | None):
     record = {**asdict(config), 'found_lr': found[found['suggestion']] if found else None, 'lr_suggestions': found,
               'lr_used': lr, 'plateau_min_lr_used': learn.reduce_lr_on_plateau.min_lr,
-              'precision_used': learn.precision, 'device': str(dls.device), 'data_source': dls.data.source,
-              'classes': list(dls.vocab), 'n_train': len(dls.train_ds),
-              'n_valid': len(dls.valid_ds) if config.valid_pct else 0, 'n_test': len(dls[ds_idx_of_test(dls)].dataset),
+              'precision_used': learn.precision, 'device': str(dls.device), **_data_record(dls, config),
               'processes': max(num_distrib(), 1), **versions(), 'format': CONFIG_FORMAT}
     write_record(run, record)
+
+
+def _check_same_data(dls, config: RunConfig, saved: Saved, run: Path):
+    "Refuse the `--data` a resumed run is moved to unless it holds the classes and images the run was trained on"
+    what = lambda r: f"{r['n_train']} train, {r['n_valid']} held-out and {r['n_test']} test images of {r['classes']}"
+    now = _data_record(dls, config)
+    then = {k: saved.record.get(k) for k in now}
+    if any(now[k] != then[k] for k in now if k != 'data_source'):
+        raise ConfigError(f"--data {config.data} holds {what(now)}, but {run} was trained on {what(then)}: pass the "
+                          f"data it was trained on, or start a new run")
 
 
 def _launch(config: RunConfig, out):
@@ -162,7 +185,10 @@ def _quiet(learn: Learner) -> ExitStack:
 
 def _learner(config: RunConfig, run: Path, saved: Saved | None, progress: bool, log) -> Learner:
     "The `Learner` of `config` in `run`, on the data a resumed run read; a `log` line per epoch unless `progress`"
-    dls = run_dls(config, data=recorded_data(saved.record) if saved else None, progress=progress)
+    moved = saved is not None and config.data != saved.written.data  # `--resume RUN --data NEW`: the run's data, moved
+    data = (config.data if moved else data_of_run(run, saved.record)) if saved else None
+    dls = run_dls(config, data=data, progress=progress)
+    if moved: _check_same_data(dls, config, saved, run)
     held_out = f", {len(dls.valid_ds)} held out to validate" if config.valid_pct else ''
     n_test = len(dls[ds_idx_of_test(dls)].dataset)
     log(f"Data: {dls.data.source}: {len(dls.train_ds)} train{held_out} and {n_test} test images")

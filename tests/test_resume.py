@@ -1,5 +1,6 @@
 "Runs that stop keep what they trained up to their last checkpoint and resume to the same weights and learning rates"
 import errno
+import json
 import os
 from dataclasses import replace
 import signal
@@ -257,3 +258,35 @@ def test_an_output_folder_that_cannot_be_made_is_named(tmp_path, capsys):
     (tmp_path / 'file').write_text('not a folder')
     with pytest.raises(SystemExit) as e: cli.main(['train', '--data', 'sample', '--out', str(tmp_path / 'file' / 'run')])
     assert e.value.code != 0 and 'Cannot write in output folder' in str(e.value) and str(tmp_path / 'file') in str(e.value)
+
+
+@pytest.mark.usefixtures('tiny')
+def test_a_run_whose_data_moved_resumes_from_where_it_is_now_and_refuses_other_data(tmp_path, capsys):
+    from cifar_fastai import cli
+    write_folders(tmp_path / 'data', n=20)
+    write_folders(tmp_path / 'fewer', n=19)  # the same classes, one image a class less
+    config = lambda where: _config(data=str(where), bs=8, valid_pct=0.1)
+    full = train(config(tmp_path / 'data'), tmp_path / 'full', **quiet)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(tmp_path / 'data'), tmp_path / 'cut', cbs=[InterruptAfter(1)], **quiet)
+    run, moved = tmp_path / 'cut', (tmp_path / 'data').rename(tmp_path / 'moved')
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+
+    def refused(*argv) -> str:
+        with pytest.raises(SystemExit) as e: cli.main(['train', '--resume', str(run), *argv])
+        assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing written
+        return str(e.value.code) if e.value.code != 2 else capsys.readouterr().err.splitlines()[-1]  # 2: usage
+    assert refused() == (f"cifar-fastai: error: {tmp_path / 'data'}, the data {run / 'config.json'} records, does not "
+                         f"exist: pass --data PATH to read it from where it is now")
+    assert refused('--data', str(tmp_path / 'fewer')) == (
+        f"cifar-fastai: error: --data {tmp_path / 'fewer'} holds 34 train, 4 held-out and 38 test images of ['cat', "
+        f"'dog'], but {run} was trained on 36 train, 4 held-out and 40 test images of ['cat', 'dog']: pass the data "
+        f"it was trained on, or start a new run")
+    cli.main(['train', '--resume', str(run), '--data', str(moved)])
+    a, b = read_metrics(tmp_path / 'full' / 'metrics.csv'), read_metrics(run / 'metrics.csv')
+    assert [r['valid_loss'] for r in b] == pytest.approx([r['valid_loss'] for r in a], rel=1e-4)  # the same split
+    assert [r['test_loss'] for r in b] == pytest.approx([r['test_loss'] for r in a], rel=1e-4)
+    record = json.loads((run / 'config.json').read_text())
+    assert (record['data'], record['data_source']) == (str(moved), f'class folders in {moved}')
+    cli.main(['evaluate', str(run)])  # reads the data from where it is now, no --data needed
+    assert capsys.readouterr().out.splitlines()[-1].startswith('Accuracy on the 40 test images: ')
