@@ -448,8 +448,10 @@ def main(argv=None):
                f"niceness {os.nice(0)}")
     t0 = time.perf_counter()
     log = lambda msg: print(f'[{time.perf_counter() - t0:6.1f} s] {msg}', flush=True)
-    files, labels, classes = first_files(args.data, 'train', -(-args.n_images // 10))
-    test_files, test_labels, _ = first_files(args.data, 'test', 1)  # ours validates each epoch: 1 image a class
+    try:
+        files, labels, classes = first_files(args.data, 'train', -(-args.n_images // 10))
+        test_files, test_labels, _ = first_files(args.data, 'test', 1)  # ours validates each epoch: 1 image a class
+    except OSError as e: sys.exit(f'bench_speed: {e}')
     if os.nice(0) > 0 or os.getloadavg()[0] > 0.5: log(f'warning: niceness {os.nice(0)}, load average '
                                                         f'{os.getloadavg()[0]:.1f}: these timings are not meaningful')
     train, loaders = contenders(args, files, labels, test_files, test_labels, classes)
