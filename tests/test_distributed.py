@@ -187,14 +187,15 @@ def test_resume_continues_on_every_process_from_rank0s_checkpoint(launch):
 
 
 def test_after_resume_each_process_draws_the_augmentations_it_would_have_drawn(launch):
-    whole, resumed = ([_read(launch / f'batches-{name}-{r}.json') for r in range(WORLD)] for name in ('whole', 'resumed'))
+    whole, resumed = ([_read(launch / f'batches-{name}-{r}.json') for r in range(WORLD)]
+                      for name in ('whole', 'resumed'))
     assert [list(r) for r in resumed] == [['1']] * WORLD  # the second epoch alone
     assert [r['1'] for r in resumed] == [w['1'] for w in whole]  # as the run that was not stopped drew them
 
 
 def test_rank0_refusing_the_folder_stops_every_process_with_its_message(launch):
-    assert [(launch / f'refused-{r}.txt').read_text() for r in range(WORLD)] == [
-        f"{launch / 'cut'} already holds a run: continue it with --resume {launch / 'cut'}, or choose another --out"] * WORLD
+    said = f"{launch / 'cut'} already holds a run: continue it with --resume {launch / 'cut'}, or choose another --out"
+    assert [(launch / f'refused-{r}.txt').read_text() for r in range(WORLD)] == [said] * WORLD
 
 
 def test_a_nan_on_one_process_stops_every_process_at_that_batch(launch):

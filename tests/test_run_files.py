@@ -158,11 +158,13 @@ def test_a_picture_is_written_atomically(run, monkeypatch):
     plot_curves(run, path=run / 'curves.png')
     before = (run / 'curves.png').read_bytes()
     def full_disk(self, f, **kwargs):  # half a picture, then a full disk; to a file or a path, as savefig takes
-        with open(f, 'wb') if isinstance(f, (str, os.PathLike)) else contextlib.nullcontext(f) as out: out.write(b'half')
+        with open(f, 'wb') if isinstance(f, (str, os.PathLike)) else contextlib.nullcontext(f) as out:
+            out.write(b'half')
         raise OSError(28, 'No space left on device')
     monkeypatch.setattr(Figure, 'savefig', full_disk)
     said = f'Could not write {re.escape(str(run / "curves.png"))}: No space left on device; the previous version, '
-    with pytest.raises(OSError, match=said + r'if any, is intact: free space'): plot_curves(run, path=run / 'curves.png')
+    with pytest.raises(OSError, match=said + r'if any, is intact: free space'):
+        plot_curves(run, path=run / 'curves.png')
     assert (run / 'curves.png').read_bytes() == before and not list(run.glob('.*.tmp'))
 
 
@@ -226,7 +228,8 @@ def test_an_annealed_plateau_run_is_extended_and_says_how_its_decay_moves(tmp_pa
 def test_a_damaged_metrics_file_is_refused_naming_it_and_how_to_write_it_again(tmp_path, damaged):
     from cifar_fastai.plots import plot_curves
     (tmp_path / 'metrics.csv').write_bytes(damaged)
-    said = f'{re.escape(str(tmp_path / "metrics.csv"))} is damaged .*--resume {re.escape(str(tmp_path))}` write it again'
+    said = (f'{re.escape(str(tmp_path / "metrics.csv"))} is damaged '
+            f'.*--resume {re.escape(str(tmp_path))}` write it again')
     with pytest.raises(RunFileError, match=said): read_metrics(tmp_path / 'metrics.csv')
     with pytest.raises(RunFileError, match=said): plot_curves(tmp_path, path=tmp_path / 'curves.png')
     assert not (tmp_path / 'curves.png').exists()

@@ -86,7 +86,8 @@ def by_hand(model: nn.Module, dl) -> tuple:
 @pytest.mark.parametrize('valid_pct', [0., 0.2])  # the loop validates on the test split, or `TestPass` predicts it
 def test_epoch_tta_accuracy_is_the_mean_of_plain_and_mirrored_probabilities(valid_pct):
     dls = cifar_dls(synthetic_cifar(200, 200, seed=1), bs=20, seed=0, valid_pct=valid_pct)
-    learn = cifar_learner(dls, model=left_right_model(), precision='fp32', ema=0.9, tta=True)  # the average is tested, kept
+    # the average is tested, kept
+    learn = cifar_learner(dls, model=left_right_model(), precision='fp32', ema=0.9, tta=True)
     learn.fit(1, 0.01)
     row = learn.epoch_record.rows[-1]
     plain, tta = by_hand(learn.model, dls[ds_idx_of_test(dls)])
