@@ -93,7 +93,7 @@ def _check_same_data(dls, config: RunConfig, saved: Saved, run: Path):
     what = lambda r: f"{r['n_train']} train, {r['n_valid']} held-out and {r['n_test']} test images of {r['classes']}"
     now = _data_record(dls, config)
     then = {k: saved.record.get(k) for k in now}
-    if any(now[k] != then[k] for k in now if k != 'data_source'):
+    if any(now[k] != then[k] for k in now if k != 'data_source' and then[k] is not None):  # None: not recorded then
         raise ConfigError(f"--data {config.data} holds {what(now)}, but {run} was trained on {what(then)}: pass the "
                           f"data it was trained on, or start a new run")
 
