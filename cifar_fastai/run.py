@@ -25,8 +25,7 @@ from cifar_fastai.resume import Saved, restore, saved_run, set_floor
 from cifar_fastai.transforms import cifar_augs
 
 __all__ = ['SCHEDULES', 'RunConfig', 'ConfigError', 'train', 'range_test', 'find_lr', 'lr_find_length', 'run_dls',
-           'run_learner',
-           'read_config', 'recorded_data', 'data_of_run']
+           'run_learner', 'read_config', 'recorded_data', 'data_of_run']
 
 def recorded_data(record: dict) -> str | None:
     "The `--data` that reads a run's data again, from its `config.json` `record`: the source it found if it searched"
@@ -88,10 +87,9 @@ def _write_config(run: Path, config: RunConfig, learn: Learner, lr: float, dls, 
     write_record(run, record)
 
 
-def _check_same_data(dls, config: RunConfig, saved: Saved, run: Path):
-    "Refuse the `--data` a resumed run is moved to unless it holds the classes and images the run was trained on"
+def _check_same_data(now: dict, config: RunConfig, saved: Saved, run: Path):
+    "Refuse the `--data` a resumed run is moved to unless its `_data_record` `now` matches what the run recorded"
     what = lambda r: f"{r['n_train']} train, {r['n_valid']} held-out and {r['n_test']} test images of {r['classes']}"
-    now = _data_record(dls, config)
     then = {k: saved.record.get(k) for k in now}
     if any(now[k] != then[k] for k in now if k != 'data_source' and then[k] is not None):  # None: not recorded then
         raise ConfigError(f"--data {config.data} holds {what(now)}, but {run} was trained on {what(then)}: pass the "
@@ -188,10 +186,10 @@ def _learner(config: RunConfig, run: Path, saved: Saved | None, progress: bool, 
     moved = saved is not None and config.data != saved.written.data  # `--resume RUN --data NEW`: the run's data, moved
     data = (config.data if moved else data_of_run(run, saved.record)) if saved else None
     dls = run_dls(config, data=data, progress=progress)
-    if moved: _check_same_data(dls, config, saved, run)
-    held_out = f", {len(dls.valid_ds)} held out to validate" if config.valid_pct else ''
-    n_test = len(dls[ds_idx_of_test(dls)].dataset)
-    log(f"Data: {dls.data.source}: {len(dls.train_ds)} train{held_out} and {n_test} test images")
+    found = _data_record(dls, config)
+    if moved: _check_same_data(found, config, saved, run)
+    held_out = f", {found['n_valid']} held out to validate" if config.valid_pct else ''
+    log(f"Data: {found['data_source']}: {found['n_train']} train{held_out} and {found['n_test']} test images")
     learn = run_learner(dls, config, run)
     learn.epoch_record.log = None if progress else log
     return learn
