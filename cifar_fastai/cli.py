@@ -96,8 +96,8 @@ def _augmentation_options(g, d):
     g.add_argument('--no-flip', dest='flip', action='store_false', help='no random horizontal flip')
     g.add_argument('--alternate-flip', dest='flip', action='store_const', const='alternate',
                    help='mirror a random half of the images in the first epoch, then each epoch the other half')
-    g.add_argument('--cutout', type=int, default=d.cutout,
-                   help='side of the cutout hole in pixels, 0 for none (default %(default)s)')
+    g.add_argument('--cutout', type=int, help='side of the cutout hole in pixels, 0 for none (default: 16 from 10 '
+                                              'epochs on, else 0)')
     g.add_argument('--cutout-p', type=float, default=d.cutout_p, help='probability of the cutout (default %(default)s)')
 
 

@@ -15,7 +15,8 @@ from cifar_fastai.precision import PRECISIONS
 from cifar_fastai.recipe import ONE_CYCLE_SWING, WarmupAnneal, budget_defaults
 
 __all__ = ['SCHEDULES', 'LR_SUGGESTIONS', 'CONFIG', 'CONFIG_FORMAT', 'ADDED_LATER', 'RESUME_CHANGES',
-           'RunConfig', 'ConfigError', 'read_config', 'write_record', 'saved_config', 'check_resume', 'resume_changes']
+           'RunConfig', 'ConfigError', 'read_config', 'write_record', 'saved_config', 'check_resume', 'resume_changes',
+           'flag']
 
 SCHEDULES = ('plateau', 'one-cycle', 'linear')
 # fastai's suggestion rules; 'minimum' (a tenth of the lowest-loss rate) is the default: on full CIFAR-10 with
@@ -66,7 +67,7 @@ class RunConfig:
     plateau_min_lr: float | None = None  # the rate's floor: a cut due there ends the run; None: PLATEAU_FLOOR x start
     pad: int | None = None          # reflection padding before a random 32x32 crop, 0 for none; None: by the budget
     flip: bool | str = True         # True: a random half each epoch; 'alternate': `AlternatingFlip`; False: none
-    cutout: int = 16                # side of the square hole in pixels; 0: no cutout
+    cutout: int | None = None       # side of the square hole in pixels, 0 for none; None: by the budget
     cutout_p: float = 0.5
     precision: str = 'auto'
     channels_last: bool = True
@@ -88,21 +89,21 @@ class RunConfig:
         "Raise `ConfigError` naming the first option out of range"
         for f in fields(self):
             if not _is_a(getattr(self, f.name), f.type):
-                raise ConfigError(f"{_option(f.name)} must be {_kind_name(f.type)}, got {getattr(self, f.name)!r}")
+                raise ConfigError(f"{flag(f.name)} must be {_kind_name(f.type)}, got {getattr(self, f.name)!r}")
         for name in ('epochs', 'bs', 'lr_find_iters', 'ema_every'):
-            if getattr(self, name) is not None: whole(_option(name), getattr(self, name))
+            if getattr(self, name) is not None: whole(flag(name), getattr(self, name))
         if self.lr != 'find': positive("--lr (or 'find')", self.lr)
         for name, allowed in (('precision', PRECISIONS), ('schedule', SCHEDULES), ('wd_mode', WD_MODES),
                               ('lr_suggestion', tuple(LR_SUGGESTIONS))):
-            one_of(_option(name), getattr(self, name), allowed)
+            one_of(flag(name), getattr(self, name), allowed)
         positive('--lr-mult', self.lr_mult)
         positive('--bn-bias-scale', self.bn_bias_scale)
-        whole('--cutout (a side in pixels)', self.cutout, low=0, high=IMAGE_SIZE)
+        if self.cutout is not None: whole('--cutout (a side in pixels)', self.cutout, low=0, high=IMAGE_SIZE)
         for name in ('seed', 'workers'):  # None: unseeded; as many workers as the device wants
-            if getattr(self, name) is not None: whole(_option(name), getattr(self, name), low=0)
+            if getattr(self, name) is not None: whole(flag(name), getattr(self, name), low=0)
         for name in ('wd', 'plateau_min_lr', 'plateau_threshold', 'plateau_cooldown', 'pad', 'save_every'):
-            if getattr(self, name) is not None: non_negative(_option(name), getattr(self, name))
-        for name in ('momentum', 'label_smoothing', 'ema', 'valid_pct'): within(_option(name), getattr(self, name))
+            if getattr(self, name) is not None: non_negative(flag(name), getattr(self, name))
+        for name in ('momentum', 'label_smoothing', 'ema', 'valid_pct'): within(flag(name), getattr(self, name))
         within('--cutout-p', self.cutout_p, high_open=False)
         if self.lookahead and not self.ema:
             raise ConfigError("--lookahead is a kind of weight average: give it --ema (the decay it rises to), not 0")
@@ -141,7 +142,9 @@ class RunConfig:
         except ConfigError as e: raise RunFileError(f"{path} holds a wrong option: {e}; {_FIX}") from None
 
 
-def _option(name: str) -> str: return f"--{name.replace('_', '-')}"
+def flag(name: str) -> str:
+    "The command line's name of `RunConfig`'s field `name`: 'cutout_p' -> '--cutout-p'"
+    return f"--{name.replace('_', '-')}"
 
 
 def _is_a(value, kind) -> bool:
@@ -184,7 +187,7 @@ def check_resume(saved: RunConfig, config: RunConfig) -> RunConfig:
         theirs, ours = getattr(saved, f.name), getattr(config, f.name)
         if ours == theirs: continue
         if f.name not in RESUME_CHANGES:
-            raise ConfigError(f"{_option(f.name)} {ours} contradicts the run, which was started with {theirs}: leave "
+            raise ConfigError(f"{flag(f.name)} {ours} contradicts the run, which was started with {theirs}: leave "
                               f"it out to continue the run, or start a new one with --out")
         if f.name == 'epochs' and saved.schedule != 'plateau':
             raise ConfigError(f"--epochs {ours}: a {saved.schedule} run's rates follow one cycle over its {theirs} "

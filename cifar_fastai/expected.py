@@ -1,10 +1,11 @@
 "What a recipe gave before on full CIFAR-10: the measured runs, said at the start of a run of the same recipe"
 import csv
+import json
 from dataclasses import asdict, dataclass
 from itertools import groupby
 from pathlib import Path
 
-from cifar_fastai.config import RunConfig
+from cifar_fastai.config import RunConfig, flag
 
 __all__ = ['MEASURED', 'Measured', 'measured_runs', 'same_recipe', 'expectation']
 
@@ -29,6 +30,17 @@ class Measured:
     minutes: float         # its epochs times its median epoch's seconds, over 60: steady against an epoch that
                            # shared the cores with other work, which the sum of its seconds is not
     processor: str         # the CPU of its `config.json`, 2 cores
+    options: str = ''      # what it set that its budget's defaults no longer give, as name=value pairs: 'cutout=16'
+
+    @property
+    def changes(self) -> dict:
+        "`options` as `RunConfig`'s fields and their values"
+        return {name: json.loads(value) for name, value in (pair.split('=', 1) for pair in self.options.split())}
+
+    @property
+    def flags(self) -> str:
+        "`options` as a command line gives them: '--cutout 16'"
+        return ' '.join(f'{flag(name)} {value}' for name, value in self.changes.items())
 
 
 def measured_runs(path: Path = MEASURED) -> list[Measured]:
@@ -38,9 +50,9 @@ def measured_runs(path: Path = MEASURED) -> list[Measured]:
     return [Measured(**{k: kinds[k](v) for k, v in row.items()}) for row in rows]
 
 
-def same_recipe(config: RunConfig) -> bool:
-    "Whether `config` trains as its schedule does by default for its epochs, whatever its seed, data or hardware"
-    default = asdict(RunConfig(epochs=config.epochs, schedule=config.schedule))
+def same_recipe(config: RunConfig, changes: dict | None = None) -> bool:
+    "Whether `config` trains as its schedule does by default for its epochs with `changes`, whatever its seed or data"
+    default = asdict(RunConfig(epochs=config.epochs, schedule=config.schedule, **(changes or {})))
     return all(v == default[k] for k, v in asdict(config).items() if k not in NOT_RECIPE)
 
 
@@ -60,14 +72,16 @@ def _budget(runs: list[Measured]) -> str:
     minutes = _span([int(m.minutes + .5) for m in runs], '{}')
     seeds = f"seed{'s' * (len(runs) > 1)} {', '.join(str(m.seed) for m in runs)}"
     where = ' / '.join(dict.fromkeys(m.processor for m in runs))
-    return f"{_epochs(runs[0].epochs)}: {plain} % test accuracy ({tta} % with flip TTA), {seeds}, " \
+    flags = f" with {runs[0].flags}" if runs[0].flags else ''
+    return f"{_epochs(runs[0].epochs)}{flags}: {plain} % test accuracy ({tta} % with flip TTA), {seeds}, " \
            f"about {minutes} min on 2 cores of {where}"
 
 
 def expectation(config: RunConfig, n_train: int, n_test: int, runs: list[Measured] | None = None) -> str | None:
     "What the measured runs of `config`'s recipe reached at its budget, or the nearest ones; None if nothing compares"
-    if (n_train, n_test) != FULL_CIFAR10 or config.valid_pct or not same_recipe(config): return None
-    runs = [m for m in (measured_runs() if runs is None else runs) if m.schedule == config.schedule]
+    if (n_train, n_test) != FULL_CIFAR10 or config.valid_pct: return None
+    runs = [m for m in (measured_runs() if runs is None else runs)
+            if m.schedule == config.schedule and same_recipe(config, m.changes)]
     runs.sort(key=lambda m: (m.epochs, m.seed))
     budgets = {epochs: list(group) for epochs, group in groupby(runs, key=lambda m: m.epochs)}
     if not budgets: return None

@@ -11,11 +11,12 @@ ONE_CYCLE_SWING = 0.05  # fastai's one-cycle momentum goes 0.95 -> 0.85 -> 0.95:
 
 def budget_defaults(epochs: int, schedule: str = 'plateau') -> dict:
     "The options a run of `epochs` gets unless set: see BENCHMARKS.md for the runs behind each rule"
-    # the cutout is not among them: 16x16 at every budget, the reports' (50 epochs) and the Cutout paper's (200)
     return dict(
         plateau_patience=epochs // 10,       # a tenth of the budget: 0 at 5 epochs, 5 at 50 (torch's 10 never acts)
         pad=4 if epochs >= 10 else 0,        # a 4-pixel random translation, as every anchor past 20 epochs; at 5 epochs
                                              # it cost accuracy (docs/results/sweeps.csv: oc-lr1-pad0, full-one-cycle)
+        cutout=16 if epochs >= 10 else 0,    # the reports' 16x16 hole; below 10 epochs none, which led on held-out
+                                             # images at 8 (docs/results/selection: sel8-lin-bs128-cut0)
         lr_mult=5. if schedule == 'plateau' else 20.,  # x lr_find's 'minimum'; one-cycle and linear peak higher
         **_RAMPS.get(schedule, dict(warmup=0., anneal=0.)),
         # chosen on held-out images: the plateau's at 20 epochs, the linear recipe's from airbench (docs/recipes.md)

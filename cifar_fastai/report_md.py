@@ -159,7 +159,8 @@ def _configuration(config: dict) -> str:
     elif g('schedule') != 'plateau': plateau = g('schedule')
     crop = f"pad {g('pad')} (reflect) + random 32x32 crop" if config.get('pad') else 'no crop'
     flip = _FLIPS.get(config.get('flip'), f"horizontal flip {g('flip')}")
-    augs = f"{crop}, {flip}, cutout {g('cutout')}x{g('cutout')} with p {g('cutout_p')}"
+    cutout = f"cutout {g('cutout')}x{g('cutout')} with p {g('cutout_p')}" if config.get('cutout') != 0 else 'no cutout'
+    augs = f"{crop}, {flip}, {cutout}"
     data = f"`--data {config['data']}`" if config.get('data') else 'found by the default search'
     rows = [('data', f"{g('data_source')} ({data})"), ('epochs', g('epochs')), ('batch size', g('bs')),
             ('learning rate', lr),

@@ -33,8 +33,17 @@ def test_each_measured_run_is_what_its_own_files_in_docs_results_say(measured):
 
 @pytest.mark.parametrize('measured', measured_runs(), ids=lambda m: m.run)
 def test_each_measured_run_trained_with_what_its_recipe_gives_today(measured):
-    # a default changed since the run would make its figures claims about another recipe
-    assert same_recipe(RunConfig.from_dict(_evidence(measured.run)[0]))
+    # a default changed since the run would make its figures claims about another recipe, unless `options` says so
+    assert same_recipe(RunConfig.from_dict(_evidence(measured.run)[0]), measured.changes)
+    today = RunConfig(epochs=measured.epochs, schedule=measured.schedule)
+    assert all(getattr(today, name) != value for name, value in measured.changes.items())  # none it need not name
+
+
+def test_a_measured_runs_options_read_as_fields_and_as_the_command_line():
+    measured = Measured('a', 'linear', 8, 0, 0.86, 0.87, 44., 'CPU A', options='cutout=16 ema=0.996 bs=128')
+    assert measured.changes == dict(cutout=16, ema=0.996, bs=128)
+    assert measured.flags == '--cutout 16 --ema 0.996 --bs 128'
+    assert Measured('b', 'linear', 8, 0, 0.86, 0.87, 44., 'CPU A').changes == {}
 
 
 def test_the_measured_table_is_installed_with_the_package():
@@ -61,6 +70,16 @@ def test_a_measured_budget_gives_the_span_over_its_seeds():
     said = expectation(RunConfig(epochs=20, schedule='one-cycle', seed=5), 50_000, 10_000, RUNS)
     assert said == ("Measured before on full CIFAR-10 (BENCHMARKS.md), one-cycle for 20 epochs: 88.75-89.24 % test "
                     "accuracy (89.50-89.66 % with flip TTA), seeds 0, 1, about 117-125 min on 2 cores of CPU B")
+
+
+def test_a_run_with_options_is_quoted_for_those_options_only_and_says_them():
+    runs = RUNS + [Measured('e', 'one-cycle', 8, 0, 0.8635, 0.8666, 44.1, 'CPU A', options='cutout=16')]
+    with_hole = expectation(RunConfig(epochs=8, schedule='one-cycle', cutout=16), 50_000, 10_000, runs)
+    assert with_hole.startswith("Measured before on full CIFAR-10 (BENCHMARKS.md), one-cycle for 8 epochs with "
+                                "--cutout 16: 86.35 % test accuracy (86.66 % with flip TTA), seed 0, about 44 min")
+    default = expectation(RunConfig(epochs=8, schedule='one-cycle'), 50_000, 10_000, runs)  # no cutout below 10
+    assert default.startswith("Measured before on full CIFAR-10 (BENCHMARKS.md), one-cycle for 10 epochs: 86.12 %")
+    assert '8 epochs' not in default.split(' (not measured')[0]
 
 
 def test_a_budget_not_measured_gives_the_nearest_below_and_above_and_says_so():

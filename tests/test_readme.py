@@ -38,7 +38,8 @@ def _results_table() -> list[list[str]]:
 def test_readme_results_are_what_the_measured_runs_reached(row):
     epochs, command, plain, tta, minutes = row
     schedule = 'plateau' if command == 'the default' else re.search(r'--schedule ([\w-]+)', command).group(1)
-    runs = sorted((m for m in measured_runs() if (m.schedule, m.epochs) == (schedule, int(epochs))),
+    options = re.sub(r'--(schedule|epochs) \S+ ?', '', command.strip('`')).strip() if '--' in command else ''
+    runs = sorted((m for m in measured_runs() if (m.schedule, m.epochs, m.flags) == (schedule, int(epochs), options)),
                   key=lambda m: m.seed)
     assert runs and (f"--epochs {epochs}" in command or command == 'the default')
     assert re.findall(r'\d+\.\d\d', plain) == [f'{100 * m.test_accuracy:.2f}' for m in runs]

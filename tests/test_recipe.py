@@ -14,14 +14,14 @@ HEAVY_BALL, FAST = dict(nesterov=False, label_smoothing=0.), dict(nesterov=True,
 
 
 @pytest.mark.parametrize('epochs, schedule, expected', [
-    (5, 'plateau', dict(plateau_patience=0, pad=0, lr_mult=5., warmup=0.05, anneal=0.2, **FAST)),
-    (10, 'plateau', dict(plateau_patience=1, pad=4, lr_mult=5., warmup=0.05, anneal=0.2, **FAST)),
-    (50, 'plateau', dict(plateau_patience=5, pad=4, lr_mult=5., warmup=0.05, anneal=0.2, **FAST)),
-    (100, 'plateau', dict(plateau_patience=10, pad=4, lr_mult=5., warmup=0.05, anneal=0.2, **FAST)),
-    (8, 'one-cycle', dict(plateau_patience=0, pad=0, lr_mult=20., warmup=0., anneal=0., **HEAVY_BALL)),
-    (20, 'one-cycle', dict(plateau_patience=2, pad=4, lr_mult=20., warmup=0., anneal=0., **HEAVY_BALL)),
-    (8, 'linear', dict(plateau_patience=0, pad=0, lr_mult=20., warmup=0.2, anneal=0.8, **FAST)),
-    (15, 'linear', dict(plateau_patience=1, pad=4, lr_mult=20., warmup=0.2, anneal=0.8, **FAST))])
+    (5, 'plateau', dict(plateau_patience=0, pad=0, cutout=0, lr_mult=5., warmup=0.05, anneal=0.2, **FAST)),
+    (10, 'plateau', dict(plateau_patience=1, pad=4, cutout=16, lr_mult=5., warmup=0.05, anneal=0.2, **FAST)),
+    (50, 'plateau', dict(plateau_patience=5, pad=4, cutout=16, lr_mult=5., warmup=0.05, anneal=0.2, **FAST)),
+    (100, 'plateau', dict(plateau_patience=10, pad=4, cutout=16, lr_mult=5., warmup=0.05, anneal=0.2, **FAST)),
+    (8, 'one-cycle', dict(plateau_patience=0, pad=0, cutout=0, lr_mult=20., warmup=0., anneal=0., **HEAVY_BALL)),
+    (20, 'one-cycle', dict(plateau_patience=2, pad=4, cutout=16, lr_mult=20., warmup=0., anneal=0., **HEAVY_BALL)),
+    (8, 'linear', dict(plateau_patience=0, pad=0, cutout=0, lr_mult=20., warmup=0.2, anneal=0.8, **FAST)),
+    (15, 'linear', dict(plateau_patience=1, pad=4, cutout=16, lr_mult=20., warmup=0.2, anneal=0.8, **FAST))])
 def test_budget_rule_gives_the_documented_values(epochs, schedule, expected):
     assert budget_defaults(epochs, schedule) == expected
     config = RunConfig(epochs=epochs, schedule=schedule)

@@ -184,6 +184,13 @@ def test_accuracy_markdown_of_a_hand_computed_case():
                                                      '| **all** | 4 | 3 | **75.00 %** |']
 
 
+def test_configuration_table_says_no_cutout_for_a_hole_of_0_and_its_size_otherwise():
+    from cifar_fastai.report_md import _configuration
+    assert '| augmentation | no crop, random horizontal flip, no cutout |' in _configuration(dict(pad=0, flip=True,
+                                                                                                    cutout=0))
+    assert 'random horizontal flip, cutout 8x8 with p 0.5 |' in _configuration(dict(flip=True, cutout=8, cutout_p=0.5))
+
+
 @pytest.mark.parametrize('pad,flip,text', [(0, True, 'no crop, random horizontal flip, cutout 16x16'),
                                            (4, 'alternate', 'pad 4 (reflect) + random 32x32 crop, alternating horiz'),
                                            (4, False, 'crop, no flip, cutout')])

@@ -301,7 +301,8 @@ def test_alternate_flip_is_an_option_a_run_keeps_and_trains_with(tmp_path, monke
     assert cli._config(cli.parser().parse_args(['train', '--alternate-flip'])).flip == 'alternate'
     monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
     write_folders(tmp_path / 'data', classes=('cat', 'dog'), n=8)
-    config = RunConfig(data=str(tmp_path / 'data'), epochs=1, bs=4, lr=0.02, flip='alternate', interpret=False)
+    config = RunConfig(data=str(tmp_path / 'data'), epochs=1, bs=4, lr=0.02, flip='alternate', cutout=16,
+                       interpret=False)
     learn = train(config, tmp_path / 'run', log=lambda *a: None, progress=False)
     (tfm,) = learn.dls.train.after_item.fs
     assert tfm.alternate is not None and tfm.alternate.seed == config.seed
