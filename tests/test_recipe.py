@@ -31,8 +31,8 @@ def test_budget_rule_gives_the_documented_values(epochs, schedule, expected):
 def test_options_set_by_hand_win_over_the_budget():
     config = RunConfig(epochs=50, pad=0, lr_mult=3., warmup=0., anneal=0.5, plateau_patience=2)
     assert (config.pad, config.lr_mult, config.warmup, config.anneal, config.plateau_patience) == (0, 3., 0., 0.5, 2)
-    config = RunConfig(epochs=8, schedule='linear', nesterov=False, label_smoothing=0.)
-    assert (config.nesterov, config.label_smoothing) == (False, 0.)
+    config = RunConfig(epochs=8, schedule='linear', nesterov=False, label_smoothing=0., cutout=16)
+    assert (config.nesterov, config.label_smoothing, config.cutout) == (False, 0., 16)
 
 
 def _tiny() -> torch.nn.Module:
