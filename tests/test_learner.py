@@ -125,6 +125,18 @@ def test_bn_bias_scale_steps_as_torch_sgd_with_a_faster_group_for_the_batch_norm
     assert not torch.allclose(ours[1].bias, _conv_bn_model()[1].bias, atol=1e-3)  # the biases did move
 
 
+def test_the_range_test_steps_the_batch_norm_biases_at_the_tested_rate_and_their_scale_comes_back(tmp_path):
+    from cifar_fastai.run import find_lr
+    tested = {}
+    for scale in (1., 64.):
+        learn = cifar_learner(cifar_dls(synthetic_cifar(64, 32), bs=32, seed=0), model=_conv_bn_model(),
+                              path=tmp_path, precision='fp32', channels_last=False, bn_bias_scale=scale)
+        torch.manual_seed(0)
+        tested[scale] = find_lr(learn, num_it=20), torch.tensor(learn.recorder.losses)
+        assert [h['lr_scale'] for h in learn.opt.hypers] == ([1., 64.] if scale != 1 else [1.])
+    assert torch.allclose(tested[64.][1], tested[1.][1]) and tested[64.][0]['lr'] == tested[1.][0]['lr']
+
+
 def test_norm_bias_split_puts_the_batch_norm_biases_of_the_resnet18_alone_in_the_second_group():
     from cifar_fastai.models import resnet18
     from cifar_fastai.optim import norm_bias_split
