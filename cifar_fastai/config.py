@@ -12,7 +12,7 @@ from cifar_fastai.io import atomic_write
 from cifar_fastai.layout import CONFIG
 from cifar_fastai.learner import WD_MODES
 from cifar_fastai.precision import PRECISIONS
-from cifar_fastai.recipe import ONE_CYCLE_SWING, WarmupAnneal, budget_defaults
+from cifar_fastai.recipe import ONE_CYCLE_SWING, WarmupAnneal, budget_defaults, ema_for_batch
 
 __all__ = ['SCHEDULES', 'LR_SUGGESTIONS', 'CONFIG', 'CONFIG_FORMAT', 'ADDED_LATER', 'RESUME_CHANGES',
            'RunConfig', 'ConfigError', 'read_config', 'write_record', 'saved_config', 'check_resume', 'resume_changes',
@@ -39,7 +39,7 @@ class RunConfig:
     valid_pct: float = 0.           # share of each class of train held out to validate on (the plateau watches it);
                                     # 0: the test split validates, as the reports and fastai's CIFAR examples do
     epochs: int = 50                # as the reference reports
-    bs: int = 64                    # twice the steps per epoch of 128, for 5% less throughput on a CPU
+    bs: int | None = None           # None: by the schedule, 128 for 'linear' (1.07x the images a second), else 64
     lr: float | str = 'find'        # a number, or 'find' for the suggestion of `lr_find`
     lr_suggestion: str = 'minimum'  # which of fastai's `lr_find` suggestions 'find' uses
     lr_find_iters: int | None = None  # batches of the range test; None: `lr_find_length` of the data (300 on CIFAR-10)
@@ -52,7 +52,8 @@ class RunConfig:
     bn_bias_scale: float = 1.       # batch-norm biases step at this multiple of the rate (airbench: 64); 1: as the rest
     label_smoothing: float | None = None  # of torch's `CrossEntropyLoss`; None: by the schedule, 0 for 'one-cycle'
                                           # (plain cross-entropy, as the reports), else 0.2
-    ema: float = 0.998              # decay per step of the weight average tested and kept; 0: none, as the reports
+    ema: float | None = None        # decay per step of the weight average tested and kept; 0: none, as the reports;
+                                    # None: 0.998 at batch 64, the same span in images at another batch
     ema_every: int = 4              # steps between updates of the average (each one costs ~3% of a step)
     lookahead: bool = False         # the average is airbench's lookahead: its decay rises with the share of the fit
                                     # done, cubed, and the live weights restart from it at each update
@@ -84,6 +85,7 @@ class RunConfig:
         if not isinstance(self.epochs, int): return  # `check` names the bad value
         for name, value in budget_defaults(self.epochs, self.schedule).items():
             if getattr(self, name) is None: setattr(self, name, value)
+        if self.ema is None and isinstance(self.bs, int) and self.bs > 0: self.ema = ema_for_batch(self.bs)
 
     def check(self) -> 'RunConfig':
         "Raise `ConfigError` naming the first option out of range"

@@ -4,7 +4,8 @@ from fastai.callback.core import Callback
 from cifar_fastai.callbacks import in_fit, is_scheduled
 from cifar_fastai.checks import within
 
-__all__ = ['budget_defaults', 'one_cycle_moms', 'ONE_CYCLE_SWING', 'WarmupAnneal', 'warmup_anneal_factor']
+__all__ = ['budget_defaults', 'ema_for_batch', 'one_cycle_moms', 'ONE_CYCLE_SWING', 'WarmupAnneal',
+           'warmup_anneal_factor']
 
 ONE_CYCLE_SWING = 0.05  # fastai's one-cycle momentum goes 0.95 -> 0.85 -> 0.95: 0.05 either side of SGD's usual 0.9
 
@@ -13,6 +14,8 @@ def budget_defaults(epochs: int, schedule: str = 'plateau') -> dict:
     "The options a run of `epochs` gets unless set: see BENCHMARKS.md for the runs behind each rule"
     return dict(
         plateau_patience=epochs // 10,       # a tenth of the budget: 0 at 5 epochs, 5 at 50 (torch's 10 never acts)
+        bs=128 if schedule == 'linear' else 64,  # the linear recipe held its accuracy at 128, 1.07x the images a
+                                                 # second (docs/results/selection: sel8-lin-bs128); else the reports'
         pad=4 if epochs >= 10 else 0,        # a 4-pixel random translation, as every anchor past 20 epochs; at 5 epochs
                                              # it cost accuracy (docs/results/sweeps.csv: oc-lr1-pad0, full-one-cycle)
         cutout=16 if epochs >= 10 else 0,    # the reports' 16x16 hole; below 10 epochs none, which led on held-out
@@ -24,6 +27,12 @@ def budget_defaults(epochs: int, schedule: str = 'plateau') -> dict:
     )
 
 
+def ema_for_batch(bs: int) -> float:
+    "The weight average's decay per step at batch `bs`: 0.998 at 64, the same span in images at other batches"
+    return round(EMA_AT_64 ** (bs / 64), 4)
+
+
+EMA_AT_64 = 0.998  # tested and kept at batch 64 (docs/recipes.md)
 _FAST = ('plateau', 'linear')  # the schedules with Nesterov's momentum and label smoothing 0.2
 # shares of the steps the rate ramps up over and decays linearly to 0 over, at the end: the plateau's around its
 # constant rate; 'linear' is a triangle, as airbench's ResNet18 (KellerJordan/cifar10-airbench: 20 % up, 80 % down)

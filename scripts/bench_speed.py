@@ -43,6 +43,7 @@ from cifar_fastai.loaders import cifar_dls
 from cifar_fastai.machine import cpu_name
 from cifar_fastai.models import resnet18
 from cifar_fastai.precision import DTYPES, resolve_precision
+from cifar_fastai.recipe import ema_for_batch
 from cifar_fastai.run import RunConfig
 from cifar_fastai.transforms import CIFAR10_MEAN, CIFAR10_STD, cifar_augs
 
@@ -192,7 +193,7 @@ class OursFit:
         self.dls = cifar_dls(bench_data(files, labels, test_files, test_labels, classes), bs=bs, seed=0, device=device,
                              num_workers=workers)
         self.learn = cifar_learner(self.dls, lr=LR, momentum=MOMENTUM, wd=WD, precision='auto', channels_last=True,
-                                   ema=EMA(RunConfig.ema, RunConfig.ema_every))  # `cifar-fastai train`'s average
+                                   ema=EMA(ema_for_batch(bs), RunConfig.ema_every))  # `train`'s average
         self.timer = TrainTimer()
         with self.learn.no_bar(), self.learn.no_logging(): self.learn.fit(1, cbs=StopAfter(WARMUP_STEPS))
         workers = self.dls.train.fake_l.num_workers  # fastai's own `dl.num_workers` is a placeholder 1

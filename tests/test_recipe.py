@@ -14,14 +14,15 @@ HEAVY_BALL, FAST = dict(nesterov=False, label_smoothing=0.), dict(nesterov=True,
 
 
 @pytest.mark.parametrize('epochs, schedule, expected', [
-    (5, 'plateau', dict(plateau_patience=0, pad=0, cutout=0, lr_mult=5., warmup=0.05, anneal=0.2, **FAST)),
-    (10, 'plateau', dict(plateau_patience=1, pad=4, cutout=16, lr_mult=5., warmup=0.05, anneal=0.2, **FAST)),
-    (50, 'plateau', dict(plateau_patience=5, pad=4, cutout=16, lr_mult=5., warmup=0.05, anneal=0.2, **FAST)),
-    (100, 'plateau', dict(plateau_patience=10, pad=4, cutout=16, lr_mult=5., warmup=0.05, anneal=0.2, **FAST)),
-    (8, 'one-cycle', dict(plateau_patience=0, pad=0, cutout=0, lr_mult=20., warmup=0., anneal=0., **HEAVY_BALL)),
-    (20, 'one-cycle', dict(plateau_patience=2, pad=4, cutout=16, lr_mult=20., warmup=0., anneal=0., **HEAVY_BALL)),
-    (8, 'linear', dict(plateau_patience=0, pad=0, cutout=0, lr_mult=20., warmup=0.2, anneal=0.8, **FAST)),
-    (15, 'linear', dict(plateau_patience=1, pad=4, cutout=16, lr_mult=20., warmup=0.2, anneal=0.8, **FAST))])
+    (5, 'plateau', dict(bs=64, plateau_patience=0, pad=0, cutout=0, lr_mult=5., warmup=0.05, anneal=0.2, **FAST)),
+    (10, 'plateau', dict(bs=64, plateau_patience=1, pad=4, cutout=16, lr_mult=5., warmup=0.05, anneal=0.2, **FAST)),
+    (50, 'plateau', dict(bs=64, plateau_patience=5, pad=4, cutout=16, lr_mult=5., warmup=0.05, anneal=0.2, **FAST)),
+    (100, 'plateau', dict(bs=64, plateau_patience=10, pad=4, cutout=16, lr_mult=5., warmup=0.05, anneal=0.2, **FAST)),
+    (8, 'one-cycle', dict(bs=64, plateau_patience=0, pad=0, cutout=0, lr_mult=20., warmup=0., anneal=0., **HEAVY_BALL)),
+    (20, 'one-cycle', dict(bs=64, plateau_patience=2, pad=4, cutout=16, lr_mult=20., warmup=0., anneal=0.,
+                           **HEAVY_BALL)),
+    (8, 'linear', dict(bs=128, plateau_patience=0, pad=0, cutout=0, lr_mult=20., warmup=0.2, anneal=0.8, **FAST)),
+    (15, 'linear', dict(bs=128, plateau_patience=1, pad=4, cutout=16, lr_mult=20., warmup=0.2, anneal=0.8, **FAST))])
 def test_budget_rule_gives_the_documented_values(epochs, schedule, expected):
     assert budget_defaults(epochs, schedule) == expected
     config = RunConfig(epochs=epochs, schedule=schedule)
@@ -33,6 +34,15 @@ def test_options_set_by_hand_win_over_the_budget():
     assert (config.pad, config.lr_mult, config.warmup, config.anneal, config.plateau_patience) == (0, 3., 0., 0.5, 2)
     config = RunConfig(epochs=8, schedule='linear', nesterov=False, label_smoothing=0., cutout=16)
     assert (config.nesterov, config.label_smoothing, config.cutout) == (False, 0., 16)
+    assert (RunConfig(schedule='linear', bs=64).bs, RunConfig(bs=256, ema=0.9).ema) == (64, 0.9)
+
+
+@pytest.mark.parametrize('bs, ema', [(64, 0.998), (128, 0.996), (256, 0.992), (32, 0.999)])
+def test_the_weight_averages_decay_keeps_its_span_in_images_at_any_batch(bs, ema):
+    # 0.998 ** 2 = 0.996004, ** 4 = 0.992024, ** 0.5 = 0.998999: by hand, to 4 places
+    assert RunConfig(bs=bs).ema == ema and RunConfig(schedule='linear', bs=bs, epochs=8).ema == ema
+    images = 64 * 500  # what is left of a weight after that many images, at batch 64 and at this one
+    assert ema ** (images / bs) == pytest.approx(0.998 ** (images / 64), rel=0.01)
 
 
 def _tiny() -> torch.nn.Module:
