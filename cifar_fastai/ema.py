@@ -5,6 +5,7 @@ from fastai.callback.core import Callback
 from cifar_fastai.callbacks import in_fit
 from cifar_fastai.checks import whole, within
 from cifar_fastai.collective import broadcast_tensors, unwrap
+from cifar_fastai.recipe import EMA_AT_64
 
 __all__ = ['EMA']
 
@@ -23,7 +24,7 @@ class EMA(Callback):
     # the share of the fit's steps done, cubed, and the live weights restart from the average after each update
     order = 5  # swaps in before any other callback validates
 
-    def __init__(self, decay: float = 0.998, every: int = 4, lookahead: bool = False):
+    def __init__(self, decay: float = EMA_AT_64, every: int = 4, lookahead: bool = False):
         # every: steps between updates, each weighing the live weights as `every` steps would (decay ** every); one
         # update of the ResNet18 (a memory-bound lerp of 11.2M floats) takes ~12 ms, 3-4% of a 2-core bf16 step of bs 64
         within('`decay` of the weight average', decay, low_open=True)
