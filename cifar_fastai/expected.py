@@ -82,12 +82,15 @@ def expectation(config: RunConfig, n_train: int, n_test: int, runs: list[Measure
     if (n_train, n_test) != FULL_CIFAR10 or config.valid_pct: return None
     runs = [m for m in (measured_runs() if runs is None else runs)
             if m.schedule == config.schedule and same_recipe(config, m.changes)]
-    runs.sort(key=lambda m: (m.epochs, m.seed))
-    budgets = {epochs: list(group) for epochs, group in groupby(runs, key=lambda m: m.epochs)}
-    if not budgets: return None
+    runs.sort(key=lambda m: (m.epochs, m.options, m.seed))
+    # one line per budget and options: at another budget, runs that set different options are different recipes
+    # that both rescale to `config`'s (a cutout set by hand at 8 epochs and none, the 8-epoch default, for 15)
+    groups = [list(group) for _, group in groupby(runs, key=lambda m: (m.epochs, m.options))]
+    if not groups: return None
     head = f"Measured before on full CIFAR-10 (BENCHMARKS.md), {config.schedule} for "
-    if config.epochs in budgets: return head + _budget(budgets[config.epochs])
-    below = [e for e in budgets if e < config.epochs][-1:]
-    above = [e for e in budgets if e > config.epochs][:1]
-    nearest = '; '.join(_budget(budgets[e]) for e in below + above)
+    same = [g for g in groups if g[0].epochs == config.epochs]
+    if same: return head + '; '.join(map(_budget, same))
+    budgets = list(dict.fromkeys(g[0].epochs for g in groups))  # in order
+    below, above = [e for e in budgets if e < config.epochs][-1:], [e for e in budgets if e > config.epochs][:1]
+    nearest = '; '.join(_budget(g) for g in groups if g[0].epochs in below + above)
     return head + nearest + f" (not measured at {_epochs(config.epochs)})"
