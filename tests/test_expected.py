@@ -34,7 +34,9 @@ def test_each_measured_run_is_what_its_own_files_in_docs_results_say(measured):
 @pytest.mark.parametrize('measured', measured_runs(), ids=lambda m: m.run)
 def test_each_measured_run_trained_with_what_its_recipe_gives_today(measured):
     # a default changed since the run would make its figures claims about another recipe, unless `options` says so
-    assert same_recipe(RunConfig.from_dict(_evidence(measured.run)[0]), measured.changes)
+    # read as `--resume` reads it: an option added since the run takes the value the run trained with
+    config = RunConfig.from_record(_evidence(measured.run)[0], RESULTS / measured.run / 'config.json')
+    assert same_recipe(config, measured.changes)
     today = RunConfig(epochs=measured.epochs, schedule=measured.schedule)
     assert all(getattr(today, name) != value for name, value in measured.changes.items())  # none it need not name
 
