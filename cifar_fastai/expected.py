@@ -65,6 +65,12 @@ def _span(values, fmt: str) -> str:
     return fmt.format(low) if fmt.format(low) == fmt.format(high) else f"{fmt.format(low)}-{fmt.format(high)}"
 
 
+def _recipe_key(m: Measured) -> tuple:
+    "`m`'s options in any order as one key, fewer first: the schedule's own defaults before a change to them"
+    pairs = sorted(m.options.split())
+    return len(pairs), pairs
+
+
 def _budget(runs: list[Measured]) -> str:
     "What the runs of one budget reached, in how long, where"
     plain = _span([100 * m.test_accuracy for m in runs], '{:.2f}')
@@ -82,10 +88,10 @@ def expectation(config: RunConfig, n_train: int, n_test: int, runs: list[Measure
     if (n_train, n_test) != FULL_CIFAR10 or config.valid_pct: return None
     runs = [m for m in (measured_runs() if runs is None else runs)
             if m.schedule == config.schedule and same_recipe(config, m.changes)]
-    runs.sort(key=lambda m: (m.epochs, m.options, m.seed))
+    runs.sort(key=lambda m: (m.epochs, _recipe_key(m), m.seed))
     # one line per budget and options: at another budget, runs that set different options are different recipes
     # that both rescale to `config`'s (a cutout set by hand at 8 epochs and none, the 8-epoch default, for 15)
-    groups = [list(group) for _, group in groupby(runs, key=lambda m: (m.epochs, m.options))]
+    groups = [list(group) for _, group in groupby(runs, key=lambda m: (m.epochs, _recipe_key(m)))]
     if not groups: return None
     head = f"Measured before on full CIFAR-10 (BENCHMARKS.md), {config.schedule} for "
     same = [g for g in groups if g[0].epochs == config.epochs]
